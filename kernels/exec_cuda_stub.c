@@ -1,0 +1,22 @@
+/*
+ * exec_cuda_stub.c -- stands in for the CUDA executor in builds without CUDA, cuDNN or
+ * NCCL, so that asking for it is a clean cpattnNotSupported rather than a link error.
+ */
+#include "../src/core.h"
+#include "../src/executor.h"
+
+cpattnResult_t cpaExecCudaCreate(cpaExecutor *ex, const cpaProblem *pb, cpattnComm_t comm) {
+  (void)ex;
+  (void)pb;
+  (void)comm;
+  return cpaError(cpattnNotSupported, "this cpattn was built without the CUDA executor (no CUDA, cuDNN or NCCL "
+                  "found at build time)");
+}
+
+CPATTN_API cpattnResult_t cpattnCommInitNccl(cpattnComm_t *comm, struct ncclComm *nccl, int cudaDevice) {
+  cpaClearError();
+  (void)nccl;
+  (void)cudaDevice;
+  if (comm) *comm = NULL;
+  return cpaError(cpattnNotSupported, "cpattnCommInitNccl: this cpattn was built without CUDA/NCCL");
+}
