@@ -277,6 +277,12 @@ CPATTN_API cpattnResult_t cpattnGatherLseHost(const cpattnConfig_t *config, int 
  * cpattnCommInitNcclFromMpi (cpattn_mpi.h) makes one that is. */
 CPATTN_API cpattnResult_t cpattnCommInitNccl(cpattnComm_t *comm, struct ncclComm *nccl, int cudaDevice);
 
+/* As cpattnCommInitNccl, but the NCCL communicator is handed over: cpattnCommDestroy
+ * destroys it (or aborts it after a timeout). nonBlocking = 1 says it was created with
+ * ncclConfig_t.blocking = 0, which lets cpattn bound its waits. */
+CPATTN_API cpattnResult_t cpattnCommInitNcclOwned(cpattnComm_t *comm, struct ncclComm *nccl, int cudaDevice,
+                                                  int nonBlocking);
+
 /* Destroys the handle. Every plan made from it must be destroyed first. Does not destroy
  * a borrowed NCCL or MPI communicator. */
 CPATTN_API cpattnResult_t cpattnCommDestroy(cpattnComm_t comm);
@@ -310,6 +316,15 @@ CPATTN_API cpattnResult_t cpattnPlanGetLocalTokenCount(cpattnPlan_t plan, int64_
 /* A human-readable summary of the plan (schedule, steps, chunking, workspace, cuDNN
  * plans), written into buf (truncated to len bytes, always terminated). */
 CPATTN_API cpattnResult_t cpattnPlanDescribe(cpattnPlan_t plan, char *buf, size_t len);
+
+/* Benchmarking aid: what cpattnForward/cpattnBackward run. ComputeOnly skips every
+ * exchange (the attention runs on stale K/V blocks: results are wrong, timing is that of
+ * the compute alone); CommOnly skips the attention calls (results wrong, timing is that
+ * of the data movement alone). cpattn-bench times all three to report how much of the
+ * communication hides behind compute. Normal is the default; every rank must use the
+ * same mode. */
+typedef enum { cpattnProfileNormal = 0, cpattnProfileComputeOnly = 1, cpattnProfileCommOnly = 2 } cpattnProfile_t;
+CPATTN_API cpattnResult_t cpattnPlanSetProfile(cpattnPlan_t plan, cpattnProfile_t mode);
 
 /* ------------------------------------------------------------------------------------ */
 /* Forward and backward                                                                  */

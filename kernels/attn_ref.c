@@ -5,14 +5,21 @@
  * eight partial sums, so the compiler can vectorise it) and is computed by the same
  * function, in the same order, in forward and backward and whatever the key range, so a
  * split of the keys never changes a score. Everything after the score (exp, the softmax
- * sums, the output rows, dQ/dK/dV rows) is fp64 and rounded once when stored.
+ * sums, the output rows, dQ/dK/dV rows) is fp64 and rounded once when stored. In backward
+ * dP = dO . V is an fp64 sum too, like D = rowsum(dO * O), because dP - D cancels.
  *
- * Memory. Inputs that are bf16 are converted to fp32 once per row, not once per use:
- * a query row once per (row, head), key and value rows once per call into a cache that
- * one malloc per call provides. If that malloc fails there is no status to return, so the
- * kernels fall back to converting a key row each time it is used (same numbers, slower);
- * the backward's fp64 dK/dV accumulators then come from a small stack tile instead. No
- * function allocates per row and none ever aborts.
+ * Memory. bf16 inputs are converted to fp32 once per row, not once per use: a query row
+ * once per (row, head) (in backward once per 128-key tile), key and value rows once per
+ * call and kv head, shared by the head's group of query heads. The copies live in scratch
+ * from one malloc per call: forward, (keys some row sees) x (d_qk + d_v) floats, only when
+ * K or V is bf16; backward, at most 128 x (d_qk + d_v) x 12 bytes (384 KiB), with its fp64
+ * dK/dV accumulators. If the malloc fails there is no status to return, so forward
+ * converts a key row each time it is used (same numbers, slower) and backward runs 4-key
+ * tiles out of a 16 KiB stack buffer (so dQ is rounded to fp32 every 4 keys rather than
+ * every 128). Nothing is allocated per row and nothing aborts.
+ *
+ * IEEE infinities carry meaning here (lse = -inf marks a row that sees no key): do not
+ * build this file with -ffast-math or -ffinite-math-only.
  *
  * Work. Each query row visits only its visible key range [i + diag_lo, i + diag_hi] (and
  * each key tile in backward only the query rows that can see it), so fully masked parts

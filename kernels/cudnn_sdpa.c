@@ -16,7 +16,13 @@
  *   buildFwd/Bwd  the op lists.
  *   buildPlan     heuristics (mode A, then FALLBACK), first config whose plan finalizes.
  *   cache         canonical key bytes -> plan, FNV-1a hash, chained buckets, one mutex.
- *   cpaSdpaRun    variant pack + execute; the only per-call path.
+ *   cpaSdpaRun    variant pack + execute; the only per-call path (BAND: once per entry).
+ *
+ * Measured on an H200 with cuDNN 9.19 (tests/gpu/test_cudnn_sdpa.c and a probe): the
+ * fused engines honour by-value and device (1,1,1,1) scalars in the mask's index
+ * arithmetic, but silently ignore (b,1,1,1) operands there (they read per-entry values
+ * only as the padding seq lens), so a graph with a per-entry diagonal shift built the
+ * obvious way runs and returns wrong numbers. BAND therefore runs a b = 1 graph per entry.
  */
 #include "cudnn_sdpa.h"
 
@@ -51,7 +57,7 @@ enum {
   UID_SEQ_Q,       /* ragged: (b,1,1,1) int32                                         */
   UID_SEQ_KV,
   UID_NEG_INF,     /* by value, fp32: the value masked scores take                    */
-  UID_DELTA,       /* BAND: (b,1,1,1) int32, added to the row index                   */
+  UID_DELTA,       /* BAND: (1,1,1,1) int32 device scalar, delta + e per launch       */
   UID_BAND_HI,     /* BAND: by value int32, right bound                               */
   UID_BAND_LO,     /* BAND: by value int32, left bound + 1 (see cpaSdpaRun)           */
   UID_OFF_Q,       /* ragged offsets: (b+1,1,1,1) int64 element offsets               */
@@ -96,6 +102,7 @@ typedef struct {
   int64_t userUids[SDPA_MAX_USER_UIDS]; /* non-virtual tensors: the variant pack's ids */
   int nUserUids;
   int64_t nextVirtualUid;
+  int band; /* BAND graph: one batch entry per launch, smaller alignments (uidAlign)   */
   /* First failure; later builder calls do nothing once it is set. */
   int failed;
   cpattnResult_t failRes;
@@ -176,10 +183,36 @@ static void gbPushOp(GraphBuilder *g, cudnnBackendDescriptor_t op) {
 
 enum { TENSOR_VIRTUAL = 1, TENSOR_BY_VALUE = 2 };
 
+/* The byte alignment declared to cuDNN for a user tensor, and checked by cpaSdpaRun.
+ * 16 everywhere (cudnn-frontend's default, what was validated), except in BAND graphs:
+ * those run one batch entry per launch (see cpaSdpaRun), with the per-entry pointers
+ * delta + e, seq_q + e, off_x + e and, for packed stats, stats + e * h_q * s_q, which
+ * are only element-aligned. They are scalars or per-row values to cuDNN, not vectors
+ * (validated on the H200 by the BAND cases of tests/gpu/test_cudnn_sdpa.c). */
+static int64_t uidAlign(int band, int64_t uid) {
+  if (!band) return SDPA_ALIGN;
+  switch (uid) {
+    case UID_DELTA:
+    case UID_SEQ_Q:
+    case UID_SEQ_KV:
+    case UID_STATS: return 4;
+    case UID_OFF_Q:
+    case UID_OFF_K:
+    case UID_OFF_V:
+    case UID_OFF_O:
+    case UID_OFF_STATS:
+    case UID_OFF_DO:
+    case UID_OFF_DQ:
+    case UID_OFF_DK:
+    case UID_OFF_DV: return 8;
+    default: return SDPA_ALIGN;
+  }
+}
+
 static cudnnBackendDescriptor_t gbTensor(GraphBuilder *g, int64_t uid, const Shape4 *s, cudnnDataType_t dt,
                                          int flags, cudnnBackendDescriptor_t ragged) {
   cudnnBackendDescriptor_t t = gbCreate(g, CUDNN_BACKEND_TENSOR_DESCRIPTOR);
-  int64_t align = SDPA_ALIGN;
+  int64_t align = (flags & TENSOR_VIRTUAL) ? SDPA_ALIGN : uidAlign(g->band, uid);
   bool yes = true;
   if (!t) return NULL;
   GB_SET(g, t, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &dt);
@@ -396,9 +429,12 @@ static MaskInputs makeMaskInputs(GraphBuilder *g, const cpaSdpaKey *k) {
   }
   if (k->ragged || k->mask != CPA_SDPA_MASK_NONE) m.negInf = gbScalar(g, UID_NEG_INF, CUDNN_DATA_FLOAT);
   if (k->mask == CPA_SDPA_MASK_BAND) {
-    /* delta is per batch entry, so it is a device tensor shaped like the seq lens, the
-     * shape the frontend uses for its per-sequence diagonal shifts. */
-    m.delta = gbUser(g, UID_DELTA, shape(k->b, 1, 1, 1, one), CUDNN_DATA_INT32, NULL);
+    /* delta is a device scalar (1,1,1,1), not a (b,1,1,1) tensor: measured on 9.19 (H200),
+     * the fused engines silently ignore (b,1,1,1) operands in the index arithmetic (they
+     * read per-entry values only through the padding seq lens of the bottom-right
+     * pattern), while by-value and device (1,1,1,1) scalars are honoured. So a BAND graph
+     * has b = 1 and cpaSdpaRun launches it once per entry with delta + e. */
+    m.delta = gbUser(g, UID_DELTA, shape(1, 1, 1, 1, one), CUDNN_DATA_INT32, NULL);
     if (k->band_has_hi) m.bandHi = gbScalar(g, UID_BAND_HI, CUDNN_DATA_INT32);
     if (k->band_has_lo) m.bandLo = gbScalar(g, UID_BAND_LO, CUDNN_DATA_INT32);
   }
@@ -442,7 +478,9 @@ static cudnnBackendDescriptor_t applyPadding(GraphBuilder *g, const cpaSdpaKey *
  * The left bound keeps j >= i + delta - band_lo, i.e. j + (band_lo + 1) - delta > i, so
  * the by-value scalar is band_lo + 1 (cpaSdpaRun adds the 1). The delta is moved to the
  * column side there because that is where the frontend puts its per-sequence shift for
- * the left bound; mathematically it is the same r = i + delta of the header. */
+ * the left bound; mathematically it is the same r = i + delta of the header. Here delta
+ * is a device scalar (one batch entry per launch, see makeMaskInputs); measured on 9.19:
+ * by-value int32 bounds and device-scalar shifts are honoured on both sides. */
 static cudnnBackendDescriptor_t applyDiagonal(GraphBuilder *g, const cpaSdpaKey *k, const MaskInputs *m,
                                               cudnnBackendDescriptor_t s) {
   Shape4 ss = dense(k->b, k->h_q, k->s_q, k->s_kv);
@@ -789,14 +827,25 @@ static uint64_t hashKey(const cpaSdpaKey *k) {
   return h;
 }
 
-static cpattnResult_t buildGraph(const cpaSdpaKey *k, cudnnHandle_t handle, GraphBuilder *g,
+/* The key a graph is built from: a BAND key's graph covers one batch entry (b = 1) and is
+ * launched once per entry, because a per-entry delta can only reach cuDNN's kernels as a
+ * scalar (see makeMaskInputs). */
+static cpaSdpaKey graphKey(const cpaSdpaKey *k) {
+  cpaSdpaKey gk = *k;
+  if (k->mask == CPA_SDPA_MASK_BAND) gk.b = 1;
+  return gk;
+}
+
+static cpattnResult_t buildGraph(const cpaSdpaKey *key, cudnnHandle_t handle, GraphBuilder *g,
                                  cudnnBackendDescriptor_t *graph) {
   char what[160];
+  const cpaSdpaKey gk = graphKey(key), *k = &gk;
+  g->band = k->mask == CPA_SDPA_MASK_BAND;
   if (k->backward) buildBwd(g, k);
   else buildFwd(g, k);
   *graph = gbFinalizeGraph(g, handle);
   if (!g->failed) return cpattnSuccess;
-  describeKey(k, what, sizeof what);
+  describeKey(key, what, sizeof what);
   return cpaError(g->failRes, "cuDNN graph for %s: %s", what, g->failMsg);
 }
 
@@ -814,6 +863,7 @@ struct cpaSdpaPlan {
   size_t softmaxSumBytes;         /* backward scratch, 256-aligned                      */
   size_t dqAccumBytes;
   int zeroDqAccum;                /* runtime < 9.6: cuDNN does not zero dQ_accum itself  */
+  int64_t launches;               /* BAND: the b=1 graph runs once per batch entry; else 1 */
   double buildMs;
 };
 
@@ -959,11 +1009,15 @@ static cpattnResult_t planCreate(cudnnHandle_t handle, const cpaSdpaKey *key, cp
   CPA_CHECK(checkSupport(key, version));
   CPA_CHECK_GOTO(buildGraph(key, handle, &p->graph, &graph), res, fail);
   CPA_CHECK_GOTO(buildPlan(handle, graph, p), res, fail);
+  p->launches = key->mask == CPA_SDPA_MASK_BAND ? key->b : 1;
   if (key->backward) {
-    p->softmaxSumBytes = cpaAlignUp((size_t)(key->b * key->h_q * key->s_q) * sizeof(float), SDPA_SCRATCH_ALIGN);
+    /* Sized for the graph's batch (1 for BAND, whose launches reuse the scratch in
+     * stream order). */
+    const int64_t gb = key->b / p->launches;
+    p->softmaxSumBytes = cpaAlignUp((size_t)(gb * key->h_q * key->s_q) * sizeof(float), SDPA_SCRATCH_ALIGN);
     if (!key->deterministic) {
       p->dqAccumBytes =
-          cpaAlignUp((size_t)(key->b * key->h_q * key->s_q * key->d_qk) * sizeof(float), SDPA_SCRATCH_ALIGN);
+          cpaAlignUp((size_t)(gb * key->h_q * key->s_q * key->d_qk) * sizeof(float), SDPA_SCRATCH_ALIGN);
       p->zeroDqAccum = version < 90600;
     }
     if (version < 91501 && !key->ragged && key->s_kv % 128 != 0)
@@ -1129,8 +1183,9 @@ void cpaSdpaPlanDescribe(const cpaSdpaPlan *plan, char *buf, size_t len) {
     return;
   }
   describeKey(&plan->key, what, sizeof what);
-  snprintf(buf, len, "%s engine %lld ws %zu B (cuDNN %zu B + scratch %zu B)", what, (long long)plan->engineIndex,
-           cpaSdpaPlanWorkspaceSize(plan), plan->cudnnWorkspace, plan->softmaxSumBytes + plan->dqAccumBytes);
+  snprintf(buf, len, "%s engine %lld ws %zu B (cuDNN %zu B + scratch %zu B)%s", what, (long long)plan->engineIndex,
+           cpaSdpaPlanWorkspaceSize(plan), plan->cudnnWorkspace, plan->softmaxSumBytes + plan->dqAccumBytes,
+           plan->launches > 1 ? " one launch per entry" : "");
 }
 
 /* Host values of the by-value scalars. They live in cpaSdpaRun's frame: cuDNN reads them
@@ -1187,37 +1242,27 @@ static int32_t clampBand(int32_t v) {
   return v > lim ? lim : (v < -lim ? -lim : v);
 }
 
-cpattnResult_t cpaSdpaRun(cpaSdpaCache *cache, const cpaSdpaPlan *plan, const cpaSdpaArgs *args,
-                          struct CUstream_st *stream) {
+/* One execute: variant pack for every user uid of the graph, then cudnnSetStream +
+ * cudnnBackendExecute under the cache's mutex. `entry` only names the batch entry in
+ * messages (-1 for a whole-batch launch). */
+static cpattnResult_t runLaunch(cpaSdpaCache *cache, const cpaSdpaPlan *plan, const cpaSdpaArgs *args,
+                                RunScalars *sc, struct CUstream_st *stream, int64_t entry) {
   int64_t uids[SDPA_MAX_USER_UIDS];
   void *ptrs[SDPA_MAX_USER_UIDS];
-  RunScalars sc;
-  CPA_REQUIRE(cache != NULL, "cache must not be NULL");
-  CPA_REQUIRE(plan != NULL, "plan must not be NULL");
-  CPA_REQUIRE(args != NULL, "args must not be NULL");
-  const size_t wsBytes = cpaSdpaPlanWorkspaceSize(plan);
   char *ws = (char *)args->workspace;
-  CPA_REQUIRE(wsBytes == 0 || ws != NULL, "args->workspace is NULL but the plan needs %zu bytes", wsBytes);
-  CPA_REQUIRE(((uintptr_t)ws % SDPA_SCRATCH_ALIGN) == 0, "args->workspace = %p must be %d-byte aligned", (void *)ws,
-              SDPA_SCRATCH_ALIGN);
-
-  sc.scale = args->scale;
-  /* -inf (not FLT_MAX): a row that sees no key then gets Stats = -inf and O = 0 (measured
-   * on 9.19), which the LSE merge treats as weight 0. */
-  sc.negInf = -INFINITY;
-  sc.one = 1.0f;
-  sc.bandHi = clampBand(args->band_hi);
-  sc.bandLo1 = clampBand(args->band_lo) + 1;
-
+  const int band = plan->key.mask == CPA_SDPA_MASK_BAND;
   const int n = plan->graph.nUserUids;
+  char at[48] = "";
+  if (entry >= 0) snprintf(at, sizeof at, " (batch entry %lld)", (long long)entry);
   for (int i = 0; i < n; ++i) {
     const char *name = NULL;
     const int64_t uid = plan->graph.userUids[i];
-    void *p = argFor(uid, args, &sc, ws, plan, &name);
+    void *p = argFor(uid, args, sc, ws, plan, &name);
+    const int64_t align = uidAlign(band, uid);
     CPA_REQUIRE(p != NULL, "%s must not be NULL for this plan", name);
-    /* Every device tensor is declared 16-byte aligned to cuDNN (vectorized loads). */
-    CPA_REQUIRE(isHostScalar(uid) || ((uintptr_t)p % SDPA_ALIGN) == 0, "%s = %p must be %d-byte aligned", name, p,
-                SDPA_ALIGN);
+    /* The alignment each tensor was declared with (cuDNN may use vector accesses). */
+    CPA_REQUIRE(isHostScalar(uid) || ((uintptr_t)p % (uintptr_t)align) == 0, "%s = %p%s must be %lld-byte aligned",
+                name, p, at, (long long)align);
     uids[i] = uid;
     ptrs[i] = p;
   }
@@ -1260,9 +1305,78 @@ cpattnResult_t cpaSdpaRun(cpaSdpaCache *cache, const cpaSdpaPlan *plan, const cp
     char last[512], desc[160];
     cudnnGetLastErrorString(last, sizeof last);
     describeKey(&plan->key, desc, sizeof desc);
-    res = cpaError(cpattnCudnnError, "%s failed for %s: %s (%d): %s", what, desc, cudnnGetErrorString(st), (int)st,
-                   last);
+    res = cpaError(cpattnCudnnError, "%s failed for %s%s: %s (%d): %s", what, desc, at, cudnnGetErrorString(st),
+                   (int)st, last);
   }
   if (pack) cudnnBackendDestroyDescriptor(pack);
   return res;
+}
+
+/* The arguments of batch entry e of a BAND call, whose graph has b = 1: every per-entry
+ * device array advances by e, fixed-length tensors by e batch strides, packed stats by
+ * e * h_q * s_q. Pointer arithmetic only, no device access. */
+static const void *advance(const void *p, int64_t bytes) {
+  return p ? (const void *)((const char *)p + bytes) : NULL;
+}
+
+static cpaSdpaArgs entryArgs(const cpaSdpaKey *k, const cpaSdpaArgs *a, int64_t e) {
+  cpaSdpaArgs x = *a;
+  const int64_t es = 2; /* bf16 / fp16 */
+  x.delta = a->delta ? a->delta + e : NULL;
+  if (k->ragged) {
+    /* The offsets keep addressing from the same base pointers: entry e's are off[e]. */
+    x.seq_q = a->seq_q ? a->seq_q + e : NULL;
+    x.seq_kv = a->seq_kv ? a->seq_kv + e : NULL;
+    x.off_q = a->off_q ? a->off_q + e : NULL;
+    x.off_k = a->off_k ? a->off_k + e : NULL;
+    x.off_v = a->off_v ? a->off_v + e : NULL;
+    x.off_o = a->off_o ? a->off_o + e : NULL;
+    x.off_stats = a->off_stats ? a->off_stats + e : NULL;
+    x.off_dout = a->off_dout ? a->off_dout + e : NULL;
+    x.off_dq = a->off_dq ? a->off_dq + e : NULL;
+    x.off_dk = a->off_dk ? a->off_dk + e : NULL;
+    x.off_dv = a->off_dv ? a->off_dv + e : NULL;
+    return x;
+  }
+  x.q = advance(a->q, e * k->q.stride[0] * es);
+  x.k = advance(a->k, e * k->k.stride[0] * es);
+  x.v = advance(a->v, e * k->v.stride[0] * es);
+  x.o = (void *)advance(a->o, e * k->o.stride[0] * es);
+  x.stats = a->stats ? a->stats + e * k->h_q * k->s_q : NULL;
+  if (k->backward) {
+    x.dout = advance(a->dout, e * k->dout.stride[0] * es);
+    x.dq = (void *)advance(a->dq, e * k->dq.stride[0] * es);
+    x.dk = (void *)advance(a->dk, e * k->dk.stride[0] * es);
+    x.dv = (void *)advance(a->dv, e * k->dv.stride[0] * es);
+  }
+  return x;
+}
+
+cpattnResult_t cpaSdpaRun(cpaSdpaCache *cache, const cpaSdpaPlan *plan, const cpaSdpaArgs *args,
+                          struct CUstream_st *stream) {
+  RunScalars sc;
+  CPA_REQUIRE(cache != NULL, "cache must not be NULL");
+  CPA_REQUIRE(plan != NULL, "plan must not be NULL");
+  CPA_REQUIRE(args != NULL, "args must not be NULL");
+  const size_t wsBytes = cpaSdpaPlanWorkspaceSize(plan);
+  const char *ws = (const char *)args->workspace;
+  CPA_REQUIRE(wsBytes == 0 || ws != NULL, "args->workspace is NULL but the plan needs %zu bytes", wsBytes);
+  CPA_REQUIRE(((uintptr_t)ws % SDPA_SCRATCH_ALIGN) == 0, "args->workspace = %p must be %d-byte aligned",
+              (const void *)ws, SDPA_SCRATCH_ALIGN);
+
+  sc.scale = args->scale;
+  /* -inf (not FLT_MAX): a row that sees no key then gets Stats = -inf and O = 0 (measured
+   * on 9.19), which the LSE merge treats as weight 0. */
+  sc.negInf = -INFINITY;
+  sc.one = 1.0f;
+  sc.bandHi = clampBand(args->band_hi);
+  sc.bandLo1 = clampBand(args->band_lo) + 1;
+
+  if (plan->launches <= 1) return runLaunch(cache, plan, args, &sc, stream, -1);
+  /* BAND: one launch per batch entry, in stream order (they share the scratch). */
+  for (int64_t e = 0; e < plan->launches; ++e) {
+    cpaSdpaArgs x = entryArgs(&plan->key, args, e);
+    CPA_CHECK(runLaunch(cache, plan, &x, &sc, stream, e));
+  }
+  return cpattnSuccess;
 }

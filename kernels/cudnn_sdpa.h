@@ -124,11 +124,17 @@ cpattnResult_t cpaSdpaRun(cpaSdpaCache *cache, const cpaSdpaPlan *plan, const cp
 cpattnResult_t cpaSdpaCheckGraph(const cpaSdpaKey *key);
 
 /* Notes on cpaSdpaRun (implementation facts a caller relies on):
- *   - every device pointer in cpaSdpaArgs that the plan uses (tensors, seq lens, offsets,
- *     delta) must be 16-byte aligned: the graph declares 16-byte alignment to cuDNN;
+ *   - every device pointer in cpaSdpaArgs that the plan uses must be 16-byte aligned (the
+ *     graph declares 16-byte alignment to cuDNN), except, for BAND plans, delta and the
+ *     seq lens (4 bytes), the offsets (8 bytes) and stats (4 bytes);
+ *   - BAND plans run one cuDNN launch per batch entry (b launches in stream order): on
+ *     cuDNN 9.19 the fused engines ignore per-entry (b,1,1,1) tensors in the mask index
+ *     arithmetic, so delta reaches them as the device scalar delta + e. Keep BAND for
+ *     rare calls or small b;
  *   - the workspace holds, in order, the backward's fp32 softmax_sum (b * h_q * s_q) and
  *     dQ_accum (b * h_q * s_q * d_qk, absent when deterministic), each rounded up to 256
- *     bytes, then cuDNN's own workspace; ragged calls size them by b * s_q too;
+ *     bytes (b = 1 for BAND plans), then cuDNN's own workspace; ragged calls size them by
+ *     b * s_q too;
  *   - band_lo and band_hi are clamped to [-2^30, 2^30] (beyond that a bound is moot), and
  *     i + delta +- band must stay within int32. */
 

@@ -20,3 +20,13 @@ CPATTN_API cpattnResult_t cpattnCommInitNccl(cpattnComm_t *comm, struct ncclComm
   if (comm) *comm = NULL;
   return cpaError(cpattnNotSupported, "cpattnCommInitNccl: this cpattn was built without CUDA/NCCL");
 }
+
+CPATTN_API cpattnResult_t cpattnCommInitNcclOwned(cpattnComm_t *comm, struct ncclComm *nccl, int cudaDevice,
+                                                  int nonBlocking) {
+  cpaClearError();
+  (void)nccl;
+  (void)cudaDevice;
+  (void)nonBlocking;
+  if (comm) *comm = NULL;
+  return cpaError(cpattnNotSupported, "cpattnCommInitNcclOwned: this cpattn was built without CUDA/NCCL");
+}

@@ -97,7 +97,7 @@ static cpattnDataType_t part_dtype(const cpaEngine *e) {
 
 static cpattnResult_t xchg(cpaRun *r, cpattnXfer_t *s, int ns, cpattnXfer_t *rv, int nr, int *h) {
   *h = -1;
-  if (r->e->dry) return cpattnSuccess;
+  if (r->e->dry || r->e->profile == cpattnProfileComputeOnly) return cpattnSuccess;
   cpaEngine *e = r->e;
   int tag = e->tag;
   e->tag = (e->tag + 1) % 30000; /* MPI guarantees tags up to 32767 */
@@ -542,7 +542,7 @@ cpattnResult_t cpaEngineForward(cpaEngine *e, const cpattnTensor_t *q, const cpa
     /* Issued before this step's compute, so the next block travels while it runs. */
     if (i + 1 < s->nsteps) CPA_CHECK(ring_next(r, i, &Kc, &Vc, cur, &Kn, &Vn, &next, &h));
     CPA_TRACE("forward step %d: kv block %d, %d call(s)", i, step->kv_member, step->ncalls);
-    for (int c = 0; c < step->ncalls; ++c) {
+    for (int c = 0; c < step->ncalls && e->profile != cpattnProfileCommOnly; ++c) {
       CPA_CHECK(X->attn_fwd(st, &step->calls[c], &Q, &Kc, &Vc, &opart, stats));
       CPA_CHECK(X->merge(st, &step->calls[c], &acc_o, &acc_lse, &opart, stats));
     }
@@ -644,7 +644,7 @@ cpattnResult_t cpaEngineBackward(cpaEngine *e, const cpattnTensor_t *q, const cp
     int h = -1;
     if (i + 1 < s->nsteps) CPA_CHECK(ring_next(r, i, &Kc, &Vc, cur, &Kn, &Vn, &next, &h));
     CPA_TRACE("backward step %d: kv block %d, %d call(s)", i, step->kv_member, step->ncalls);
-    for (int c = 0; c < step->ncalls; ++c) {
+    for (int c = 0; c < step->ncalls && e->profile != cpattnProfileCommOnly; ++c) {
       const cpaCall *call = &step->calls[c];
       CPA_CHECK(X->attn_bwd(st, call, &Q, &Kc, &Vc, &O, &DO, &LSE, &dq_part, &dk_part, &dv_part));
       CPA_CHECK(X->accumulate(st, call, 0, &dq_acc, &dq_part));

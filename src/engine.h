@@ -44,6 +44,7 @@ typedef struct cpaEngine {
   size_t ws_bytes;
   size_t part_bytes; /* element size of the executor's partial outputs */
   int dry;           /* inside the plan-time dry run                    */
+  int profile;       /* cpattnProfile_t: skip exchanges or compute       */
   int tag;           /* next exchange tag                               */
   cpaRowMap perm, gather;
 } cpaEngine;

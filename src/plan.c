@@ -171,6 +171,15 @@ CPATTN_API cpattnResult_t cpattnPlanDescribe(cpattnPlan_t plan, char *buf, size_
   return cpattnSuccess;
 }
 
+CPATTN_API cpattnResult_t cpattnPlanSetProfile(cpattnPlan_t plan, cpattnProfile_t mode) {
+  cpaClearError();
+  CPA_REQUIRE(plan != NULL, "plan must not be NULL");
+  CPA_REQUIRE(mode >= cpattnProfileNormal && mode <= cpattnProfileCommOnly, "mode = %d is not a cpattnProfile_t",
+              (int)mode);
+  plan->eng.profile = mode;
+  return cpattnSuccess;
+}
+
 CPATTN_API cpattnResult_t cpattnForward(cpattnPlan_t plan, const cpattnTensor_t *q, const cpattnTensor_t *k,
                                         const cpattnTensor_t *v, const cpattnTensor_t *o, float *lse,
                                         void *workspace, size_t workspaceBytes, struct CUstream_st *stream) {

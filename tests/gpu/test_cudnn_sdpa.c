@@ -19,7 +19,12 @@
  * Exits 77 (CTest's SKIP_RETURN_CODE) when there is no GPU. A watchdog ends the program
  * after CPATTN_TEST_TIMEOUT seconds (default 1200) so that a stuck kernel cannot hang CI.
  *
- * Run: ./test_cudnn_sdpa            (CPATTN_DEBUG=INFO also logs each plan as it is built)
+ * Build: cc -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -Ikernels -I$CUDA/include
+ *          tests/gpu/test_cudnn_sdpa.c kernels/cudnn_sdpa.c src/error.c src/log.c src/params.c
+ *          -L$CUDA/lib64 -lcudnn -lcudart -lcmocka -lpthread -lm
+ * Run:   ./test_cudnn_sdpa   (about 25 s on an H200; CPATTN_DEBUG=INFO logs each plan as it
+ *                             is built; exit 0 all passed, else the number of failed tests;
+ *                             77 no GPU)
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -484,6 +489,63 @@ static int64_t *hostOffsets(const Case *c, const Lay *l, int64_t unit, int64_t *
 static int sentinelByte(int io) { return io == cpattnFloat16 ? 0x7b : 0x7f; }
 
 /* ---------------------------------------------------------------------------------- */
+/* CUDA graph capture                                                                  */
+/* ---------------------------------------------------------------------------------- */
+
+/* The header promises that cpaSdpaRun can be captured: capture forward + backward into a
+ * CUDA graph, replay it, and expect the bits of the direct (deterministic) runs. */
+static int checkGraphCapture(const Case *c, const Lays *L, const cpaSdpaPlan *fwd, const cpaSdpaPlan *bwd,
+                             const cpaSdpaArgs *args, const uint16_t *oRef, const uint16_t *gradRef) {
+  cudaGraph_t graph = NULL;
+  cudaGraphExec_t exec = NULL;
+  int ok = 0;
+  const size_t nO = (size_t)L->o.nelem, nQ = (size_t)L->dq.nelem, nK = (size_t)L->dk.nelem,
+               nV = (size_t)L->dv.nelem;
+  uint16_t *h = malloc((nO + nQ + nK + nV) * 2);
+  cudaError_t ce = cudaStreamBeginCapture(gStream, cudaStreamCaptureModeThreadLocal);
+  if (!h || ce != cudaSuccess) {
+    printf("  graph capture: cannot begin (%s) -> FAIL\n", cudaGetErrorString(ce));
+    free(h);
+    return 0;
+  }
+  const cpattnResult_t r1 = cpaSdpaRun(gCache, fwd, args, gStream);
+  const char *m1 = r1 != cpattnSuccess ? cpattnGetLastError() : "";
+  char msg[512];
+  snprintf(msg, sizeof msg, "%s", m1);
+  const cpattnResult_t r2 = r1 == cpattnSuccess ? cpaSdpaRun(gCache, bwd, args, gStream) : r1;
+  if (r1 == cpattnSuccess && r2 != cpattnSuccess) snprintf(msg, sizeof msg, "%s", cpattnGetLastError());
+  ce = cudaStreamEndCapture(gStream, &graph);
+  if (r1 != cpattnSuccess || r2 != cpattnSuccess || ce != cudaSuccess) {
+    printf("  graph capture: cpaSdpaRun %s, end capture %s (%s) -> FAIL\n",
+           r2 == cpattnSuccess ? "ok" : cpattnGetErrorString(r2), cudaGetErrorString(ce), msg);
+    goto out;
+  }
+  if ((ce = cudaGraphInstantiate(&exec, graph, 0)) != cudaSuccess) {
+    printf("  graph capture: instantiate failed: %s -> FAIL\n", cudaGetErrorString(ce));
+    goto out;
+  }
+  if (cudaMemsetAsync(args->o, 0, nO * 2, gStream) != cudaSuccess || cudaMemsetAsync(args->dq, 0, nQ * 2, gStream) ||
+      cudaMemsetAsync(args->dk, 0, nK * 2, gStream) || cudaMemsetAsync(args->dv, 0, nV * 2, gStream) ||
+      (ce = cudaGraphLaunch(exec, gStream)) != cudaSuccess || (ce = cudaStreamSynchronize(gStream)) != cudaSuccess ||
+      cudaMemcpy(h, args->o, nO * 2, cudaMemcpyDeviceToHost) || cudaMemcpy(h + nO, args->dq, nQ * 2, cudaMemcpyDeviceToHost) ||
+      cudaMemcpy(h + nO + nQ, args->dk, nK * 2, cudaMemcpyDeviceToHost) ||
+      cudaMemcpy(h + nO + nQ + nK, args->dv, nV * 2, cudaMemcpyDeviceToHost)) {
+    printf("  graph capture: replay failed: %s -> FAIL\n", cudaGetErrorString(ce != cudaSuccess ? ce : cudaGetLastError()));
+    goto out;
+  }
+  ok = memcmp(h, oRef, nO * 2) == 0 && memcmp(h + nO, gradRef, (nQ + nK + nV) * 2) == 0;
+  printf("  graph capture: replayed fwd+bwd %s the direct runs -> %s\n", ok ? "bit-identical to" : "DIFFERS from",
+         ok ? "PASS" : "FAIL");
+out:
+  (void)c;
+  if (exec) cudaGraphExecDestroy(exec);
+  if (graph) cudaGraphDestroy(graph);
+  (void)cudaGetLastError();
+  free(h);
+  return ok;
+}
+
+/* ---------------------------------------------------------------------------------- */
 /* One case                                                                            */
 /* ---------------------------------------------------------------------------------- */
 
@@ -522,6 +584,7 @@ static int runCase(Case *c) {
            *keep16 = calloc((size_t)(L.dq.nelem + L.dk.nelem + L.dv.nelem), 2);
   float *hstats = calloc((size_t)L.statsElems, 4);
   void *ws = NULL;
+  (void)cudaGetLastError(); /* start clean: an earlier case's failure must not leak in */
   if (!Q || !K || !V || !dO || !rO || !rL || !rdQ || !rdK || !rdV || !hq16 || !hk16 || !hv16 || !hdo16 || !ho16 ||
       !hdq16 || !hdk16 || !hdv16 || !keep16 || !hstats) {
     printf("  host allocation failed -> FAIL\n");
@@ -566,16 +629,16 @@ static int runCase(Case *c) {
   args.scale = (float)scale;
   if (c->ragged) {
     int64_t off[MAXB + 1];
-    int32_t *seq = devAlloc(&dp, (size_t)(2 * b) * 4);
-    int64_t *offs = devAlloc(&dp, (size_t)(10 * (b + 1)) * 8);
+    /* Each array 16-byte aligned (the module's rule): slots of an even count of int64 and
+     * a multiple of 4 int32. */
+    const int64_t slot = (b + 2) & ~(int64_t)1, seqSlot = (b + 3) & ~(int64_t)3;
+    int32_t *seq = devAlloc(&dp, (size_t)(2 * seqSlot) * 4);
+    int64_t *offs = devAlloc(&dp, (size_t)(9 * slot) * 8);
     if (!seq || !offs) {
       printf("  cudaMalloc failed -> FAIL\n");
       ++fails;
       goto done;
     }
-    /* Offsets 16-byte aligned each (the module's rule), so give each (b+1) run a slot of
-     * an even count of int64. */
-    const int64_t slot = (b + 2) & ~(int64_t)1;
     const Lay *lays[9] = {&L.q, &L.k, &L.v, &L.o, &L.q, &L.dout, &L.dq, &L.dk, &L.dv};
     const int64_t **dst[9] = {&args.off_q, &args.off_k, &args.off_v, &args.off_o, &args.off_stats,
                               &args.off_dout, &args.off_dq, &args.off_dk, &args.off_dv};
@@ -585,7 +648,6 @@ static int runCase(Case *c) {
                          cudaMemcpyHostToDevice));
       *dst[t] = offs + t * slot;
     }
-    const int64_t seqSlot = (b + 3) & ~(int64_t)3;
     CUDA_OK(cudaMemcpy(seq, c->lq, (size_t)b * 4, cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemcpy(seq + seqSlot, c->lkv, (size_t)b * 4, cudaMemcpyHostToDevice));
     args.seq_q = seq;
@@ -687,6 +749,7 @@ static int runCase(Case *c) {
       printf("  deterministic: second backward %s the first -> %s\n", same ? "bit-identical to" : "DIFFERS from",
              same ? "PASS" : "FAIL");
       fails += !same;
+      fails += !checkGraphCapture(c, &L, fwd, bwd, &args, ho16, keep16);
     }
   }
   CUDA_OK(cudaGetLastError());
@@ -694,6 +757,7 @@ static int runCase(Case *c) {
 done:
   if (ws) cudaFree(ws);
   devFreeAll(&dp);
+  (void)cudaGetLastError();
   free(Q); free(K); free(V); free(dO); free(rO); free(rL); free(rdQ); free(rdK); free(rdV);
   free(hq16); free(hk16); free(hv16); free(hdo16); free(ho16); free(hdq16); free(hdk16); free(hdv16);
   free(keep16); free(hstats);
@@ -717,6 +781,10 @@ static Case gCases[] = {
     {.name = "bshd-band-both-delta-d64", .io = cpattnBFloat16, .b = 2, .hq = 4, .hkv = 4, .d = 64, .sq = 97,
      .skv = 200, .layout = LAYOUT_BSHD, .gradLayout = LAYOUT_BSHD, .mask = CPA_SDPA_MASK_BAND, .hasLo = 1,
      .hasHi = 1, .bandLo = 40, .bandHi = 3, .delta = {5, 60}, .backward = 1},
+    /* three entries, h_q * s_q odd: per-entry stats pointers are only 4-byte aligned */
+    {.name = "bshd-band-both-hq3-mqa-s97-b3", .io = cpattnBFloat16, .b = 3, .hq = 3, .hkv = 1, .d = 64, .sq = 97,
+     .skv = 150, .layout = LAYOUT_BSHD, .gradLayout = LAYOUT_BSHD, .mask = CPA_SDPA_MASK_BAND, .hasLo = 1,
+     .hasHi = 1, .bandLo = 30, .bandHi = 7, .delta = {3, 40, -2}, .backward = 1},
     /* left bound only: keys j >= i + delta - 50, negative delta on one entry */
     {.name = "sbhd-band-left-gqa4-d128", .io = cpattnBFloat16, .b = 2, .hq = 8, .hkv = 2, .d = 128, .sq = 200,
      .skv = 200, .layout = LAYOUT_SBHD, .gradLayout = LAYOUT_SBHD, .mask = CPA_SDPA_MASK_BAND, .hasLo = 1,
@@ -732,10 +800,11 @@ static Case gCases[] = {
     /* THD: four sequences, one empty, gaps between them, kv longer than q */
     {.name = "thd-causal-gqa4-d128", .io = cpattnBFloat16, .b = 4, .hq = 8, .hkv = 2, .d = 128, .ragged = 1,
      .lq = {100, 0, 37, 200}, .lkv = {130, 0, 37, 250}, .mask = CPA_SDPA_MASK_CAUSAL, .backward = 1},
-    /* THD, MQA, both band bounds with per-sequence deltas, padded gradient token strides */
-    {.name = "thd-band-both-mqa-d64-gradpad", .io = cpattnBFloat16, .b = 3, .hq = 4, .hkv = 1, .d = 64,
-     .ragged = 1, .lq = {64, 150, 33}, .lkv = {80, 150, 40}, .gradPad = 16, .mask = CPA_SDPA_MASK_BAND,
-     .hasLo = 1, .hasHi = 1, .bandLo = 20, .bandHi = 10, .delta = {16, 0, 7}, .backward = 1},
+    /* THD, MQA, both band bounds with per-sequence deltas, padded gradient token strides,
+     * and an empty entry (the executor pads batches with them): BAND launches it alone */
+    {.name = "thd-band-both-mqa-d64-gradpad", .io = cpattnBFloat16, .b = 4, .hq = 4, .hkv = 1, .d = 64,
+     .ragged = 1, .lq = {64, 150, 0, 33}, .lkv = {80, 150, 0, 40}, .gradPad = 16, .mask = CPA_SDPA_MASK_BAND,
+     .hasLo = 1, .hasHi = 1, .bandLo = 20, .bandHi = 10, .delta = {16, 0, 5, 7}, .backward = 1},
     {.name = "thd-none-mha-d256", .io = cpattnBFloat16, .b = 3, .hq = 2, .hkv = 2, .d = 256, .ragged = 1,
      .lq = {50, 0, 120}, .lkv = {70, 0, 97}, .mask = CPA_SDPA_MASK_NONE, .backward = 1},
     {.name = "bshd-causal-gqa2-d64-deterministic", .io = cpattnBFloat16, .b = 2, .hq = 4, .hkv = 2, .d = 64,
@@ -859,27 +928,33 @@ static void test_perf_causal_8k(void **state) {
       goto done;
     }
   }
-  for (int pass = 0; pass < 2; ++pass) {
-    const cpaSdpaPlan *p = pass ? bwd : fwd;
-    float *ms = pass ? msB : msF;
-    for (int i = 0; i < 3; ++i) SDPA_OK(cpaSdpaRun(gCache, p, &a, gStream));
-    for (int i = 0; i < 10; ++i) {
-      CUDA_OK(cudaEventRecord(ev[0][i], gStream));
-      SDPA_OK(cpaSdpaRun(gCache, p, &a, gStream));
-      CUDA_OK(cudaEventRecord(ev[1][i], gStream));
+  /* Two data sets: random (as training sees), then the constant bytes 0x3c that the
+   * research harness timed with (tensor-core power, hence clock, depends on the data). */
+  for (int data = 0; data < 2; ++data) {
+    if (data == 1)
+      for (int i = 0; i < 8; ++i)
+        if (i != 3) CUDA_OK(cudaMemset(bufs[i], 0x3c, n * 2));
+    for (int pass = 0; pass < 2; ++pass) {
+      const cpaSdpaPlan *p = pass ? bwd : fwd;
+      float *ms = pass ? msB : msF;
+      for (int i = 0; i < 3; ++i) SDPA_OK(cpaSdpaRun(gCache, p, &a, gStream));
+      for (int i = 0; i < 10; ++i) {
+        CUDA_OK(cudaEventRecord(ev[0][i], gStream));
+        SDPA_OK(cpaSdpaRun(gCache, p, &a, gStream));
+        CUDA_OK(cudaEventRecord(ev[1][i], gStream));
+      }
+      CUDA_OK(cudaStreamSynchronize(gStream));
+      for (int i = 0; i < 10; ++i) CUDA_OK(cudaEventElapsedTime(&ms[i], ev[0][i], ev[1][i]));
+      qsort(ms, 10, sizeof ms[0], cmpFloat);
     }
-    CUDA_OK(cudaStreamSynchronize(gStream));
-    for (int i = 0; i < 10; ++i) CUDA_OK(cudaEventElapsedTime(&ms[i], ev[0][i], ev[1][i]));
-    qsort(ms, 10, sizeof ms[0], cmpFloat);
-  }
-  {
     const double flopF = 2.0 * (double)b * h * (double)s * s * d; /* causal: half of 4 b h s^2 d */
     const double mf = 0.5 * (msF[4] + msF[5]), mb = 0.5 * (msB[4] + msB[5]);
-    printf("  fwd median %.3f ms (min %.3f, max %.3f): %.0f TFLOP/s\n", mf, msF[0], msF[9], flopF / (mf * 1e9));
-    printf("  bwd median %.3f ms (min %.3f, max %.3f): %.0f TFLOP/s (2.5x fwd flops)\n", mb, msB[0], msB[9],
-           2.5 * flopF / (mb * 1e9));
-    printf("  (research, H200 + cuDNN 9.19, same shape: fwd 3.19 ms, bwd 9.63 ms)\n");
+    printf("  %s data: fwd median %.3f ms (min %.3f, max %.3f): %.0f TFLOP/s\n", data ? "constant 0x3c" : "random",
+           mf, msF[0], msF[9], flopF / (mf * 1e9));
+    printf("  %s data: bwd median %.3f ms (min %.3f, max %.3f): %.0f TFLOP/s (2.5x fwd flops)\n",
+           data ? "constant 0x3c" : "random", mb, msB[0], msB[9], 2.5 * flopF / (mb * 1e9));
   }
+  printf("  (research, H200 + cuDNN 9.19, same shape, constant 0x3c data: fwd 3.19 ms, bwd 9.63 ms)\n");
   CUDA_OK(cudaGetLastError());
 done:
   for (int i = 0; i < nev; ++i) {
