@@ -103,6 +103,18 @@ static cpaSdpaLayout layout_of(const cpaView *v) {
   return l;
 }
 
+/* Ragged tensors are placed by their offsets and cuDNN ignores the batch stride, but the
+ * validated pattern declares it dense (s_max rows), never 0: keep to it. */
+static void ragged_batch_strides(cpaSdpaKey *k) {
+  if (!k->ragged) return;
+  cpaSdpaLayout *qside[5] = {&k->q, &k->o, &k->dout, &k->dq, NULL};
+  cpaSdpaLayout *kside[5] = {&k->k, &k->v, &k->dk, &k->dv, NULL};
+  for (int i = 0; qside[i]; ++i)
+    if (qside[i]->stride[2]) qside[i]->stride[0] = k->s_q * qside[i]->stride[2];
+  for (int i = 0; kside[i]; ++i)
+    if (kside[i]->stride[2]) kside[i]->stride[0] = k->s_kv * kside[i]->stride[2];
+}
+
 static void key_common(const cpaCudaExec *x, const cpaCall *call, cpaSdpaKey *k, int backward) {
   const cpaProblem *pb = x->pb;
   memset(k, 0, sizeof *k);
@@ -365,6 +377,7 @@ static cpattnResult_t cu_attn_fwd(void *st, const cpaCall *call, const cpaView *
   key.k = layout_of(k);
   key.v = layout_of(v);
   key.o = layout_of(o_part);
+  ragged_batch_strides(&key);
   if (x->dry) {
     m->kf = key;
     m->prepared_fwd = 1;
@@ -449,6 +462,7 @@ static cpattnResult_t cu_attn_bwd(void *st, const cpaCall *call, const cpaView *
   key.dq = layout_of(dq_part);
   key.dk = layout_of(dk_part);
   key.dv = layout_of(dv_part);
+  ragged_batch_strides(&key);
   if (x->dry) {
     m->kb = key;
     m->prepared_bwd = 1;

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# gpu_session.sh -- build, test and benchmark cpattn on a GPU machine in one go.
+#
+#   bash launch/gpu_session.sh build test bench torch     (any subset, in that order)
+#
+# Used on the lent GPU machines (Ubuntu 24.04, CUDA 13, cuDNN 9.19 inside PyTorch's
+# environment, NCCL 2.28, Open MPI 4.1, no network): cmocka comes as Debian packages in
+# .deps/ (apt-get download libcmocka0 libcmocka-dev), unpacked here. Every step has a
+# time limit so that one hang cannot eat the whole session; logs go to $OUT (or out/).
+set -u
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
+BUILD=${BUILD:-build-gpu}
+NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
+CUDNN_ROOT=${CUDNN_ROOT:-$(python3 -c 'import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__))' 2>/dev/null)}
+export CUDNN_ROOT
+DEPS=$PWD/.deps/root
+if [ -d .deps ] && [ ! -d "$DEPS" ]; then for f in .deps/*.deb; do dpkg -x "$f" "$DEPS"; done; fi
+export LD_LIBRARY_PATH=$CUDNN_ROOT/lib:$DEPS/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+MPIRUN="mpirun --oversubscribe --bind-to none"
+step() { echo; echo "=== $1 ($(date +%T))"; }
+
+for stage in "$@"; do
+  case $stage in
+  build)
+    step "build (cuDNN from $CUDNN_ROOT, $NGPU GPU(s))"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    timeout 300 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCPATTN_REQUIRE_CUDA=ON \
+      -DCUDNN_ROOT="$CUDNN_ROOT" -DCMAKE_PREFIX_PATH="$DEPS/usr" >"$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
+    grep "cpattn:" "$OUT/cmake.log"
+    timeout 400 cmake --build "$BUILD" -j 16 >"$OUT/build.log" 2>&1 || { grep -E "error|Error" "$OUT/build.log" | head -30; exit 1; }
+    echo "build ok"
+    ;;
+  test)
+    step "cuDNN module against an fp64 CPU reference"
+    CPATTN_TEST_NO_PERF=1 timeout 180 "$BUILD/tests/test_cudnn_sdpa" >"$OUT/cudnn_sdpa.log" 2>&1
+    echo "exit $?"; grep -E "PASS|FAIL|passed|failed" "$OUT/cudnn_sdpa.log" | tail -20
+    for np in 1 2; do
+      [ "$np" -le "$NGPU" ] || continue
+      step "distributed attention, $np GPU(s), against single-GPU attention on the whole sequence"
+      timeout 420 $MPIRUN -np $np "$BUILD/tests/test_gpu_attention" >"$OUT/gpu_attention_np$np.log" 2>&1
+      echo "exit $?"; grep -E "worst|cases|deterministic|FAIL|ERROR|PASSED|FAILED|error" "$OUT/gpu_attention_np$np.log" | tail -60
+    done
+    ;;
+  sanitize)
+    step "compute-sanitizer memcheck and racecheck on a small case"
+    for tool in memcheck racecheck; do
+      timeout 240 $MPIRUN -np 1 compute-sanitizer --tool $tool --error-exitcode 9 \
+        "$BUILD/tests/test_gpu_attention" --quick >"$OUT/sanitize_$tool.log" 2>&1
+      echo "$tool exit $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|worst|PASSED|FAILED" "$OUT/sanitize_$tool.log" | tail -6
+    done
+    ;;
+  bench)
+    step "cpattn-bench on $NGPU GPU(s)"
+    B="$BUILD/launch/cpattn-bench"
+    timeout 200 $MPIRUN -np "$NGPU" $B --seq 32768 --check >"$OUT/bench_check.log" 2>&1; echo "exit $?"; cat "$OUT/bench_check.log" | grep -v "^\[" | tail -12
+    for args in "--seq 32768" "--seq 131072" "--seq 131072 --kv-heads 8 --mask none" \
+                "--seq 131072 --layout thd --doc-min 1024 --doc-max 65536" "--seq 131072 --schedule a2a" \
+                "--seq 131072 --schedule allgather --kv-heads 8"; do
+      timeout 120 $MPIRUN -np "$NGPU" $B $args --json >>"$OUT/bench.jsonl" 2>>"$OUT/bench.err"; echo "[$args] exit $?"
+    done
+    tail -c 4000 "$OUT/bench.jsonl"
+    ;;
+  torch)
+    step "PyTorch baselines (context parallel + single-GPU cuDNN)"
+    timeout 300 torchrun --nproc_per_node="$NGPU" launch/torch_baseline.py --seq 32768 131072 >"$OUT/torch.log" 2>&1
+    echo "exit $?"; grep -E "^JSON|rror" "$OUT/torch.log" | tail -20
+    ;;
+  esac
+done
+echo "=== done ($(date +%T))"
