@@ -11,11 +11,13 @@
 include(FindPackageHandleStandardArgs)
 
 set(_cudnn_hints ${CUDNN_ROOT} $ENV{CUDNN_ROOT} ${CUDNN_HOME} $ENV{CUDNN_HOME})
-find_path(CUDNN_INCLUDE_DIR cudnn_version.h
-  HINTS ${_cudnn_hints} ${CUDAToolkit_INCLUDE_DIRS}
-  PATH_SUFFIXES include)
-find_library(CUDNN_LIBRARY NAMES cudnn libcudnn.so.9
-  HINTS ${_cudnn_hints} ${CUDAToolkit_LIBRARY_DIR}
+# The hints first and alone: a copy named by CUDNN_ROOT (e.g. PyTorch's wheel, which
+# ships only the versioned libfoo.so.N) must win over an older one in the system paths.
+find_path(CUDNN_INCLUDE_DIR cudnn_version.h HINTS ${_cudnn_hints} PATH_SUFFIXES include NO_DEFAULT_PATH)
+find_library(CUDNN_LIBRARY NAMES cudnn libcudnn.so.9 NAMES_PER_DIR HINTS ${_cudnn_hints}
+  PATH_SUFFIXES lib lib64 lib/x86_64-linux-gnu NO_DEFAULT_PATH)
+find_path(CUDNN_INCLUDE_DIR cudnn_version.h HINTS ${CUDAToolkit_INCLUDE_DIRS} PATH_SUFFIXES include)
+find_library(CUDNN_LIBRARY NAMES cudnn libcudnn.so.9 NAMES_PER_DIR HINTS ${CUDAToolkit_LIBRARY_DIR}
   PATH_SUFFIXES lib lib64 lib/x86_64-linux-gnu)
 
 if(CUDNN_INCLUDE_DIR AND EXISTS "${CUDNN_INCLUDE_DIR}/cudnn_version.h")

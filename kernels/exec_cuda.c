@@ -265,7 +265,7 @@ static cpattnResult_t cu_dry_end(void *st, size_t *extra) {
   x->ws_cudnn = cpaAlignUp(ws_cudnn, 256);
   x->ws_meta_off = x->ws_cudnn;
   size_t bm = (size_t)x->b_max + 1;
-  x->ws_stats_off = x->ws_meta_off + cpaAlignUp(3 * 4 * bm + 16, 256) + cpaAlignUp(CPA_CU_MAX_RAGGED * 8 * bm, 256);
+  x->ws_stats_off = x->ws_meta_off + 3 * cpaAlignUp(4 * bm, 256) + CPA_CU_MAX_RAGGED * cpaAlignUp(8 * bm, 256);
   x->ws_total = x->ws_stats_off + cpaAlignUp((size_t)(x->pb->batch_mult * max_q) * (size_t)x->pb->hq_local * 4, 256);
   *extra = x->ws_total;
   CPA_INFO("CUDA executor: %d calls, %zu bytes of metadata, %zu bytes of executor workspace (cuDNN %zu)",
@@ -336,17 +336,18 @@ typedef struct {
 static cpattnResult_t ragged_meta(cpaCudaExec *x, const cpaCall *call, const cpaView *const *views, const int *is_q,
                                   const int64_t *strides, int nt, cpaRaggedMeta *rm) {
   cpaCallMeta *m = &x->calls[call->id];
-  size_t bm = (size_t)x->b_max + 1;
+  /* cuDNN wants every device tensor 16-byte aligned: each array starts on 256 bytes. */
+  size_t bm = (size_t)x->b_max + 1, i32 = cpaAlignUp(4 * bm, 256), i64 = cpaAlignUp(8 * bm, 256);
   char *base = x->ws + x->ws_meta_off;
   rm->seq_q = (int32_t *)base;
-  rm->seq_kv = rm->seq_q + bm;
-  rm->delta = rm->seq_kv + bm;
-  char *offs = base + cpaAlignUp(3 * 4 * bm + 16, 256);
+  rm->seq_kv = (int32_t *)(base + i32);
+  rm->delta = (int32_t *)(base + 2 * i32);
+  char *offs = base + 3 * i32;
   cpaCuRaggedOut out;
   memset(&out, 0, sizeof out);
   out.ntensors = nt;
   for (int k = 0; k < nt; ++k) {
-    rm->off[k] = (int64_t *)(offs + (size_t)k * 8 * bm);
+    rm->off[k] = (int64_t *)(offs + (size_t)k * i64);
     out.off[k] = rm->off[k];
     out.strides[k] = views ? views[k]->row_stride : strides[k];
     out.is_q[k] = is_q[k];

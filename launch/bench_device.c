@@ -12,6 +12,8 @@
 
 #ifdef CPATTN_HAVE_CUDA
 #include <cuda_runtime.h>
+#include <cudnn.h>
+#include <nccl.h>
 #endif
 
 static double now_ms(void) {
@@ -172,8 +174,11 @@ void bench_dev_name(BenchDev *d, char *buf, size_t len) {
 #ifdef CPATTN_HAVE_CUDA
   if (d->cuda) {
     struct cudaDeviceProp p;
+    int nccl = 0;
+    ncclGetVersion(&nccl);
     if (cudaGetDeviceProperties(&p, d->device) == cudaSuccess) {
-      snprintf(buf, len, "%s", p.name);
+      /* runtime versions: what was loaded, not what was compiled against */
+      snprintf(buf, len, "%s, cuDNN %zu, NCCL %d", p.name, cudnnGetVersion(), nccl);
       return;
     }
   }

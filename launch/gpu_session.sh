@@ -14,7 +14,7 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
 BUILD=${BUILD:-build-gpu}
 NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
-CUDNN_ROOT=${CUDNN_ROOT:-$(python3 -c 'import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__))' 2>/dev/null)}
+CUDNN_ROOT=${CUDNN_ROOT:-$(python3 -c 'import nvidia.cudnn as c, os; print(os.path.dirname(c.__file__) if c.__file__ else list(c.__path__)[0])' 2>/dev/null)}
 export CUDNN_ROOT
 DEPS=$PWD/.deps/root
 if [ -d .deps ] && [ ! -d "$DEPS" ]; then for f in .deps/*.deb; do dpkg -x "$f" "$DEPS"; done; fi
