@@ -32,41 +32,43 @@ __device__ __forceinline__ int64_t row_off(const cpaCuView &v, int64_t t) {
   return (t / v.rpb) * v.bs + (t % v.rpb) * v.rs;
 }
 
-int blocks_for(int64_t n) {
-  int64_t b = (n + kThreads - 1) / kThreads;
+/* The element-wise kernels give one warp to each (row, head) pair and let its lanes walk
+ * the head dim: the 64-bit row arithmetic (a division by rows-per-batch) is done once per
+ * pair instead of once per element, where it made these kernels compute-bound. */
+#define FOR_EACH_ROW_HEAD(nrows, heads, t, h)                                                              \
+  for (int64_t w_ = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32,                     \
+               n_ = (nrows) * (heads);                                                                   \
+       w_ < n_; w_ += static_cast<int64_t>(gridDim.x) * blockDim.x / 32)                                    \
+    for (int64_t t = w_ / (heads), h = w_ % (heads), once_ = 1; once_; once_ = 0)
+
+int warp_blocks(int64_t pairs) {
+  int64_t b = (pairs * 32 + kThreads - 1) / kThreads;
   return static_cast<int>(b < 1 ? 1 : b > 65535 * 8 ? 65535 * 8 : b);
 }
 
 __global__ void fill_kernel(cpaCuView dst, int64_t nrows, float value) {
-  int64_t per_row = static_cast<int64_t>(dst.heads) * dst.dim, n = nrows * per_row;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t t = i / per_row, r = i % per_row;
-    int h = static_cast<int>(r / dst.dim), d = static_cast<int>(r % dst.dim);
-    store(dst.data, dst.dtype, row_off(dst, t) + h * dst.hs + d, value);
+  int lane = threadIdx.x & 31;
+  FOR_EACH_ROW_HEAD(nrows, dst.heads, t, h) {
+    int64_t o = row_off(dst, t) + h * dst.hs;
+    for (int d = lane; d < dst.dim; d += 32) store(dst.data, dst.dtype, o + d, value);
   }
 }
 
 __global__ void copy_kernel(cpaCuView dst, cpaCuView src, int64_t nrows, const int64_t *map, int inverse) {
-  int64_t per_row = static_cast<int64_t>(dst.heads) * dst.dim, n = nrows * per_row;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t t = i / per_row, r = i % per_row;
-    int h = static_cast<int>(r / dst.dim), d = static_cast<int>(r % dst.dim);
+  int lane = threadIdx.x & 31;
+  FOR_EACH_ROW_HEAD(nrows, dst.heads, t, h) {
     int64_t ts = map && !inverse ? map[t] : t, td = map && inverse ? map[t] : t;
-    float x = load(src.data, src.dtype, row_off(src, ts) + h * src.hs + d);
-    store(dst.data, dst.dtype, row_off(dst, td) + h * dst.hs + d, x);
+    int64_t od = row_off(dst, td) + h * dst.hs, os = row_off(src, ts) + h * src.hs;
+    for (int d = lane; d < dst.dim; d += 32) store(dst.data, dst.dtype, od + d, load(src.data, src.dtype, os + d));
   }
 }
 
 __global__ void add_kernel(cpaCuView dst, cpaCuView src, int64_t nrows) {
-  int64_t per_row = static_cast<int64_t>(dst.heads) * dst.dim, n = nrows * per_row;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t t = i / per_row, r = i % per_row;
-    int h = static_cast<int>(r / dst.dim), d = static_cast<int>(r % dst.dim);
-    float *p = static_cast<float *>(dst.data) + row_off(dst, t) + h * dst.hs + d;
-    *p += load(src.data, src.dtype, row_off(src, t) + h * src.hs + d);
+  int lane = threadIdx.x & 31;
+  FOR_EACH_ROW_HEAD(nrows, dst.heads, t, h) {
+    float *p = static_cast<float *>(dst.data) + row_off(dst, t) + h * dst.hs;
+    int64_t os = row_off(src, t) + h * src.hs;
+    for (int d = lane; d < dst.dim; d += 32) p[d] += load(src.data, src.dtype, os + d);
   }
 }
 
@@ -118,15 +120,13 @@ __global__ void merge_kernel(cpaCuView acc_o, cpaCuView acc_lse, cpaCuView part,
 
 __global__ void accumulate_kernel(cpaCuView acc, cpaCuView part, const cpaCuRange *ranges, const int64_t *prefix,
                                   int nranges, int64_t total) {
-  int64_t per_row = static_cast<int64_t>(acc.heads) * acc.dim, n = total * per_row;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t g = i / per_row, r = i % per_row;
-    int h = static_cast<int>(r / acc.dim), d = static_cast<int>(r % acc.dim);
+  int lane = threadIdx.x & 31;
+  FOR_EACH_ROW_HEAD(total, acc.heads, g, h) {
     int ri = find_range(prefix, nranges, g);
     int64_t t = ranges[ri].row0 + (g - prefix[ri]);
-    float *p = static_cast<float *>(acc.data) + row_off(acc, t) + h * acc.hs + d;
-    *p += load(part.data, part.dtype, row_off(part, t) + h * part.hs + d);
+    float *p = static_cast<float *>(acc.data) + row_off(acc, t) + h * acc.hs;
+    int64_t op = row_off(part, t) + h * part.hs;
+    for (int d = lane; d < acc.dim; d += 32) p[d] += load(part.data, part.dtype, op + d);
   }
 }
 
@@ -156,40 +156,37 @@ __global__ void fill_int32_kernel(int32_t *dst, int n, int32_t v) {
 extern "C" {
 
 int cpaCuFill(const cpaCuView *dst, int64_t nrows, float value, cudaStream_t stream) {
-  int64_t n = nrows * dst->heads * dst->dim;
-  if (n <= 0) return 0;
-  fill_kernel<<<blocks_for(n), kThreads, 0, stream>>>(*dst, nrows, value);
+  if (nrows * dst->heads * dst->dim <= 0) return 0;
+  fill_kernel<<<warp_blocks(nrows * dst->heads), kThreads, 0, stream>>>(*dst, nrows, value);
   return static_cast<int>(cudaGetLastError());
 }
 
 int cpaCuCopy(const cpaCuView *dst, const cpaCuView *src, int64_t nrows, const int64_t *map, int inverse,
               cudaStream_t stream) {
-  int64_t n = nrows * dst->heads * dst->dim;
-  if (n <= 0) return 0;
-  copy_kernel<<<blocks_for(n), kThreads, 0, stream>>>(*dst, *src, nrows, map, inverse);
+  if (nrows * dst->heads * dst->dim <= 0) return 0;
+  copy_kernel<<<warp_blocks(nrows * dst->heads), kThreads, 0, stream>>>(*dst, *src, nrows, map, inverse);
   return static_cast<int>(cudaGetLastError());
 }
 
 int cpaCuAdd(const cpaCuView *dst, const cpaCuView *src, int64_t nrows, cudaStream_t stream) {
-  int64_t n = nrows * dst->heads * dst->dim;
-  if (n <= 0) return 0;
-  add_kernel<<<blocks_for(n), kThreads, 0, stream>>>(*dst, *src, nrows);
+  if (nrows * dst->heads * dst->dim <= 0) return 0;
+  add_kernel<<<warp_blocks(nrows * dst->heads), kThreads, 0, stream>>>(*dst, *src, nrows);
   return static_cast<int>(cudaGetLastError());
 }
 
 int cpaCuMerge(const cpaCuView *acc_o, const cpaCuView *acc_lse, const cpaCuView *part, const float *stats,
                const cpaCuRange *ranges, const int64_t *prefix, int nranges, int64_t total, cudaStream_t stream) {
   if (total <= 0 || nranges <= 0) return 0;
-  merge_kernel<<<blocks_for(total * acc_o->heads * 32), kThreads, 0, stream>>>(*acc_o, *acc_lse, *part, stats, ranges,
+  merge_kernel<<<warp_blocks(total * acc_o->heads), kThreads, 0, stream>>>(*acc_o, *acc_lse, *part, stats, ranges,
                                                                                 prefix, nranges, total);
   return static_cast<int>(cudaGetLastError());
 }
 
 int cpaCuAccumulate(const cpaCuView *acc, const cpaCuView *part, const cpaCuRange *ranges, const int64_t *prefix,
                     int nranges, int64_t total, cudaStream_t stream) {
-  int64_t n = total * acc->heads * acc->dim;
-  if (n <= 0 || nranges <= 0) return 0;
-  accumulate_kernel<<<blocks_for(n), kThreads, 0, stream>>>(*acc, *part, ranges, prefix, nranges, total);
+  if (total * acc->heads * acc->dim <= 0 || nranges <= 0) return 0;
+  accumulate_kernel<<<warp_blocks(total * acc->heads), kThreads, 0, stream>>>(*acc, *part, ranges, prefix, nranges,
+                                                                             total);
   return static_cast<int>(cudaGetLastError());
 }
 

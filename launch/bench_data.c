@@ -136,6 +136,17 @@ double bench_rel_err(const void *got, const void *want, cpattnDataType_t dt, int
   return den > 0 ? num / den : num;
 }
 
+double bench_rel_l2(const void *got, const void *want, cpattnDataType_t dt, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    double g = load(got, dt, i), w = load(want, dt, i);
+    if (isnan(g) || isnan(w)) return INFINITY;
+    num += (g - w) * (g - w);
+    den += w * w;
+  }
+  return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
 double bench_rel_err_lse(const float *got, const float *want, int64_t n) {
   double num = 0, den = 0;
   for (int64_t i = 0; i < n; ++i) {

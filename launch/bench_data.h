@@ -33,6 +33,9 @@ int bench_thd_lengths(uint64_t seed, int64_t total, int64_t lo, int64_t hi, int3
 
 /* max |got - want| / max |want| over n elements of dtype dt (NaN -> infinity). */
 double bench_rel_err(const void *got, const void *want, cpattnDataType_t dt, int64_t n);
+/* ||got - want||_2 / ||want||_2 (NaN -> infinity): the criterion for 16-bit results,
+ * where the max-norm also flags two valid roundings of terms that nearly cancel. */
+double bench_rel_l2(const void *got, const void *want, cpattnDataType_t dt, int64_t n);
 /* The same for fp32 LSE values, where -inf must match -inf. */
 double bench_rel_err_lse(const float *got, const float *want, int64_t n);
 

@@ -5,7 +5,8 @@
  * the seed), runs cpattnForward/cpattnBackward on NCCL + cuDNN, and compares O, LSE, dQ,
  * dK and dV with its shard of single-GPU attention on the whole sequence (a one-rank
  * cpattn plan: cuDNN over the whole sequence), itself compared with the CPU reference
- * kernel for a subset of cases. bf16, relative error <= 1e-2 (max-norm), no NaN.
+ * kernel for a subset of cases. bf16: ||err||/||ref|| <= 1e-2 per tensor (and every element
+ * within 5e-2 of max|ref|), LSE within 1e-2 relative, no NaN.
  * Verdicts are reduced over ranks before any assert. Exits 77 (skipped) without a GPU.
  *
  *   mpirun -np 2 test_gpu_attention            every case
@@ -118,7 +119,10 @@ static void compare(const cpattnConfig_t *c, Dev *loc, Dev *full, double err[5])
     tf.data = hf;
     te.data = he;
     cpattnShardHost(c, g_rank, g_world, &tf, &te);
-    err[idx[i]] = bench_rel_err(hl, he, c->dtype, (int64_t)t[i].nl);
+    /* L2-relative (METHOD.md's criterion for bf16); a max-norm above 5e-2 still fails, so
+     * a few corrupted elements cannot hide in the norm. */
+    double l2 = bench_rel_l2(hl, he, c->dtype, (int64_t)t[i].nl), mx = bench_rel_err(hl, he, c->dtype, (int64_t)t[i].nl);
+    err[idx[i]] = mx > 5e-2 ? mx : l2;
     free(hf);
     free(hl);
     free(he);
