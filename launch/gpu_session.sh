@@ -53,20 +53,43 @@ for stage in "$@"; do
     done
     ;;
   bench)
-    step "cpattn-bench on $NGPU GPU(s)"
+    step "cpattn-bench on $NGPU GPU(s): check, then the performance matrix (JSON lines in bench.jsonl)"
     B="$BUILD/launch/cpattn-bench"
-    timeout 200 $MPIRUN -np "$NGPU" $B --seq 32768 --check >"$OUT/bench_check.log" 2>&1; echo "exit $?"; cat "$OUT/bench_check.log" | grep -v "^\[" | tail -12
-    for args in "--seq 32768" "--seq 131072" "--seq 131072 --kv-heads 8 --mask none" \
-                "--seq 131072 --layout thd --doc-min 1024 --doc-max 65536" "--seq 131072 --schedule a2a" \
-                "--seq 131072 --schedule allgather --kv-heads 8"; do
-      timeout 120 $MPIRUN -np "$NGPU" $B $args --json >>"$OUT/bench.jsonl" 2>>"$OUT/bench.err"; echo "[$args] exit $?"
-    done
-    tail -c 4000 "$OUT/bench.jsonl"
+    timeout 150 $MPIRUN -np "$NGPU" $B --seq 32768 --check >"$OUT/bench_check.log" 2>&1; echo "exit $?"; grep -v "^\[" "$OUT/bench_check.log" | tail -9
+    while read -r args; do
+      timeout 150 $MPIRUN -np "$NGPU" $B $args --json >>"$OUT/bench.jsonl" 2>>"$OUT/bench.err"; echo "[$args] exit $?"
+    done <<'EOF2'
+--seq 32768
+--seq 131072
+--seq 32768 --kv-heads 8 --mask none
+--seq 131072 --kv-heads 8 --mask none
+--seq 131072 --layout thd --doc-min 1024 --doc-max 65536
+--seq 32768 --schedule a2a
+--seq 131072 --schedule a2a
+--seq 32768 --schedule allgather --kv-heads 8
+--seq 131072 --schedule allgather --kv-heads 8
+EOF2
+    python3 - "$OUT/bench.jsonl" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    try: r = json.loads(line)
+    except Exception: continue
+    print("%-9s %-6s %-4s S=%-7d kv=%-2d fwd %8.2f ms %5.0f TF/s  bwd %8.2f ms %5.0f TF/s  hidden %3.0f%%/%3.0f%%" % (
+        r["schedule"], r["mask"], r["layout"], r["seq"], r["kv_heads"], r["fwd_ms"], r["fwd_tflops_per_rank"],
+        r["bwd_ms"], r["bwd_tflops_per_rank"], 100 * r["fwd_hidden"], 100 * r["bwd_hidden"]))
+PY
+    ;;
+  long)
+    step "longest sequence: causal, 8 KV heads, 2M tokens over $NGPU GPU(s), one timed fwd+bwd"
+    timeout 240 $MPIRUN -np "$NGPU" "$BUILD/launch/cpattn-bench" --seq 2097152 --kv-heads 8 --iters 1 --warmup 1 \
+      --no-profile --json >"$OUT/bench_long.json" 2>"$OUT/bench_long.err"; echo "exit $?"; cat "$OUT/bench_long.json"; tail -3 "$OUT/bench_long.err"
     ;;
   torch)
-    step "PyTorch baselines (context parallel + single-GPU cuDNN)"
-    timeout 300 torchrun --nproc_per_node="$NGPU" launch/torch_baseline.py --seq 32768 131072 >"$OUT/torch.log" 2>&1
-    echo "exit $?"; grep -E "^JSON|rror" "$OUT/torch.log" | tail -20
+    step "PyTorch baselines (context parallel + single-GPU cuDNN), same session"
+    timeout 200 torchrun --nproc_per_node="$NGPU" launch/torch_baseline.py --seq 32768 131072 >"$OUT/torch.log" 2>&1
+    echo "exit $?"
+    timeout 120 torchrun --nproc_per_node="$NGPU" launch/torch_baseline.py --seq 131072 --kv-heads 8 --no-causal >"$OUT/torch_gqa.log" 2>&1
+    echo "exit $?"; grep -h "^JSON" "$OUT/torch.log" "$OUT/torch_gqa.log" | cut -c6- | tee "$OUT/torch.jsonl" | cut -c1-400
     ;;
   esac
 done
