@@ -37,7 +37,7 @@ for stage in "$@"; do
     step "cuDNN module against an fp64 CPU reference"
     CPATTN_TEST_NO_PERF=1 timeout 180 "$BUILD/tests/test_cudnn_sdpa" >"$OUT/cudnn_sdpa.log" 2>&1
     echo "exit $?"; grep -E "PASS|FAIL|passed|failed" "$OUT/cudnn_sdpa.log" | tail -20
-    for np in 1 2; do
+    for np in ${TEST_NPS:-1 2}; do
       [ "$np" -le "$NGPU" ] || continue
       step "distributed attention, $np GPU(s), against single-GPU attention on the whole sequence"
       timeout 420 $MPIRUN -np $np "$BUILD/tests/test_gpu_attention" >"$OUT/gpu_attention_np$np.log" 2>&1
@@ -50,6 +50,8 @@ for stage in "$@"; do
       timeout 240 $MPIRUN -np 1 compute-sanitizer --tool $tool --error-exitcode 9 \
         "$BUILD/tests/test_gpu_attention" --quick >"$OUT/sanitize_$tool.log" 2>&1
       echo "$tool exit $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|worst|PASSED|FAILED" "$OUT/sanitize_$tool.log" | tail -6
+      # the first reports, with where they happened, for the notes (few files come back)
+      grep -E "^=========" "$OUT/sanitize_$tool.log" | head -80 >>"$OUT/sanitize_summary.txt"
     done
     ;;
   bench)
@@ -57,7 +59,7 @@ for stage in "$@"; do
     B="$BUILD/launch/cpattn-bench"
     timeout 150 $MPIRUN -np "$NGPU" $B --seq 32768 --check >"$OUT/bench_check.log" 2>&1; echo "exit $?"; grep -v "^\[" "$OUT/bench_check.log" | tail -9
     while read -r args; do
-      timeout 150 $MPIRUN -np "$NGPU" $B $args --json >>"$OUT/bench.jsonl" 2>>"$OUT/bench.err"; echo "[$args] exit $?"
+      timeout 150 $MPIRUN -np "$NGPU" $B $args --json </dev/null >>"$OUT/bench.jsonl" 2>>"$OUT/bench.err"; echo "[$args] exit $?"
     done <<'EOF2'
 --seq 32768
 --seq 131072
@@ -80,8 +82,8 @@ for line in open(sys.argv[1]):
 PY
     ;;
   long)
-    step "longest sequence: causal, 8 KV heads, 2M tokens over $NGPU GPU(s), one timed fwd+bwd"
-    timeout 240 $MPIRUN -np "$NGPU" "$BUILD/launch/cpattn-bench" --seq 2097152 --kv-heads 8 --iters 1 --warmup 1 \
+    step "longest sequence: causal, 8 KV heads, ${LONG_SEQ:-1048576} tokens over $NGPU GPU(s), one timed fwd+bwd"
+    timeout 240 $MPIRUN -np "$NGPU" "$BUILD/launch/cpattn-bench" --seq ${LONG_SEQ:-1048576} --kv-heads 8 --iters 1 --warmup 0 \
       --no-profile --json >"$OUT/bench_long.json" 2>"$OUT/bench_long.err"; echo "exit $?"; cat "$OUT/bench_long.json"; tail -3 "$OUT/bench_long.err"
     ;;
   torch)

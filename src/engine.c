@@ -657,7 +657,28 @@ cpattnResult_t cpaEngineBackward(cpaEngine *e, const cpattnTensor_t *q, const cp
     }
     CPA_CHECK(xwait(r, hd)); /* a step with no calls still passes its accumulator on */
     hd = -1;
-    if (pb->pr > 1 && pb->schedule != cpattnScheduleAllGather) {
+    int last_hop = i + 1 == s->nsteps && pb->pr > 1 && s->pre == CPA_PRE_NONE;
+    if (last_hop) {
+      /* The block leaves complete: its owner only rounds it. Rounding before sending is
+       * the same result and half the bytes of the one exchange nothing hides. */
+      char *wire = region(r, CPA_WS_DKV_WIRE);
+      size_t half = kv_part_bytes(e, s->max_kv_rows, pb->dqk, cpaDtypeSize(io)) +
+                    kv_part_bytes(e, s->max_kv_rows, pb->dv, cpaDtypeSize(io));
+      int64_t rows_n = s->kv_sets[s->group].rows;
+      cpaView wk, wv, rk, rv;
+      kv_views(e, wire, rows, io, &wk, &wv);
+      kv_views(e, wire + half, rows_n, io, &rk, &rv);
+      CPA_CHECK(X->copy(st, &wk, &D[d][0], B * rows, NULL, 0));
+      CPA_CHECK(X->copy(st, &wv, &D[d][1], B * rows, NULL, 0));
+      size_t es = cpaDtypeSize(io), krow = (size_t)hkv * (size_t)pb->dqk * es, vrow = (size_t)hkv * (size_t)pb->dv * es;
+      cpattnXfer_t sends[2] = {{wk.data, (size_t)(B * rows) * krow, s->send_to},
+                               {wv.data, (size_t)(B * rows) * vrow, s->send_to}};
+      cpattnXfer_t recvs[2] = {{rk.data, (size_t)(B * rows_n) * krow, s->recv_from},
+                               {rv.data, (size_t)(B * rows_n) * vrow, s->recv_from}};
+      CPA_CHECK(xchg(r, sends, 2, recvs, 2, &hd));
+      D[d][0] = rk; /* home: already in the io dtype */
+      D[d][1] = rv;
+    } else if (pb->pr > 1 && pb->schedule != cpattnScheduleAllGather) {
       int64_t rows_n = s->kv_sets[i + 1 < s->nsteps ? s->steps[i + 1].kv_member : s->group].rows;
       kv_views(e, region(r, d ? CPA_WS_DKV0 : CPA_WS_DKV1), rows_n, cpattnFloat32, &D[1 - d][0], &D[1 - d][1]);
       size_t krow = (size_t)hkv * (size_t)pb->dqk * 4, vrow = (size_t)hkv * (size_t)pb->dv * 4;
@@ -789,6 +810,7 @@ static void layout_workspace(cpaEngine *e, size_t *fwd_end, size_t *bwd_end) {
   take(&b, CPA_WS_DQ_PART, (size_t)(B * Rq) * (size_t)hq * dqk * pe);
   take(&b, CPA_WS_DK_PART, (size_t)(B * Rk) * (size_t)hkv * dqk * pe);
   take(&b, CPA_WS_DV_PART, (size_t)(B * Rk) * (size_t)hkv * dv * pe);
+  take(&b, CPA_WS_DKV_WIRE, s->pre == CPA_PRE_NONE && pb->pr > 1 ? 2 * kv_io : 0);
   take(&b, CPA_WS_DKV_STAGE,
        (a2a && pb->hkv < pa) || ag ? rows_bytes(B * R, pb->hkv, pb->dqk, 4) + rows_bytes(B * R, pb->hkv, pb->dv, 4)
                                    : 0);

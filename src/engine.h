@@ -31,6 +31,7 @@ typedef enum {
   CPA_WS_DKV0, CPA_WS_DKV1,   /* travelling fp32 dK/dV accumulators (dK then dV)        */
   CPA_WS_DQ_ACC, CPA_WS_DQ_PART, CPA_WS_DK_PART, CPA_WS_DV_PART,
   CPA_WS_DKV_STAGE,           /* fp32 sums of replicated / reduce-scattered dK, dV      */
+  CPA_WS_DKV_WIRE,            /* the last ring hop of dK/dV, rounded to the io dtype    */
   CPA_WS_EXEC,                /* the executor's own                                     */
   CPA_WS_COUNT
 } cpaWsRegion;
