@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "nvtx.h"
 #include "tokens.h"
 
 /* The dry run's stand-in for the workspace and user buffers: never dereferenced, only
@@ -102,7 +103,10 @@ static cpattnResult_t xchg(cpaRun *r, cpattnXfer_t *s, int ns, cpattnXfer_t *rv,
   int tag = e->tag;
   e->tag = (e->tag + 1) % 30000; /* MPI guarantees tags up to 32767 */
   CPA_TRACE("exchange tag %d: %d sends, %d receives", tag, ns, nr);
-  return e->tr->exchange(e->tr, s, ns, rv, nr, tag, r->stream, h);
+  cpaNvtxPush("cpattn exchange");
+  cpattnResult_t res = e->tr->exchange(e->tr, s, ns, rv, nr, tag, r->stream, h);
+  cpaNvtxPop();
+  return res;
 }
 
 static cpattnResult_t xwait(cpaRun *r, int h) {
@@ -542,10 +546,16 @@ cpattnResult_t cpaEngineForward(cpaEngine *e, const cpattnTensor_t *q, const cpa
     /* Issued before this step's compute, so the next block travels while it runs. */
     if (i + 1 < s->nsteps) CPA_CHECK(ring_next(r, i, &Kc, &Vc, cur, &Kn, &Vn, &next, &h));
     CPA_TRACE("forward step %d: kv block %d, %d call(s)", i, step->kv_member, step->ncalls);
+    if (!e->dry) cpaNvtxPush("cpattn forward step compute");
     for (int c = 0; c < step->ncalls && e->profile != cpattnProfileCommOnly; ++c) {
-      CPA_CHECK(X->attn_fwd(st, &step->calls[c], &Q, &Kc, &Vc, &opart, stats));
-      CPA_CHECK(X->merge(st, &step->calls[c], &acc_o, &acc_lse, &opart, stats));
+      cpattnResult_t res = X->attn_fwd(st, &step->calls[c], &Q, &Kc, &Vc, &opart, stats);
+      if (res == cpattnSuccess) res = X->merge(st, &step->calls[c], &acc_o, &acc_lse, &opart, stats);
+      if (res != cpattnSuccess) {
+        if (!e->dry) cpaNvtxPop();
+        return res;
+      }
     }
+    if (!e->dry) cpaNvtxPop();
     if (h >= 0 || i + 1 < s->nsteps) {
       CPA_CHECK(xwait(r, h));
       Kc = Kn;
@@ -567,6 +577,29 @@ cpattnResult_t cpaEngineForward(cpaEngine *e, const cpattnTensor_t *q, const cpa
 /* ---------------------------------------------------------------------------------- */
 /* Backward                                                                            */
 /* ---------------------------------------------------------------------------------- */
+
+/* One backward step's calls: gradients of each call, dQ into its accumulator, dK/dV into
+ * the accumulator of the K/V block, which travels one step behind the block. */
+static cpattnResult_t bwd_step(cpaRun *r, const cpaStep *step, const cpaView *Q, const cpaView *K, const cpaView *V,
+                               const cpaView *O, const cpaView *DO, const cpaView *LSE, const cpaView *dq_acc,
+                               const cpaView *dq_part, const cpaView *dk_part, const cpaView *dv_part,
+                               const cpaView dkv[2], int *hd) {
+  cpaEngine *e = r->e;
+  const cpaExecOps *X = e->ex.ops;
+  void *st = e->ex.st;
+  for (int c = 0; c < step->ncalls && e->profile != cpattnProfileCommOnly; ++c) {
+    const cpaCall *call = &step->calls[c];
+    CPA_CHECK(X->attn_bwd(st, call, Q, K, V, O, DO, LSE, dq_part, dk_part, dv_part));
+    CPA_CHECK(X->accumulate(st, call, 0, dq_acc, dq_part));
+    /* The accumulator of this block is needed only now, after the first (long)
+     * attention call of the step was issued: its transfer hid behind that call. */
+    CPA_CHECK(xwait(r, *hd));
+    *hd = -1;
+    CPA_CHECK(X->accumulate(st, call, 1, &dkv[0], dk_part));
+    CPA_CHECK(X->accumulate(st, call, 1, &dkv[1], dv_part));
+  }
+  return cpattnSuccess;
+}
 
 cpattnResult_t cpaEngineBackward(cpaEngine *e, const cpattnTensor_t *q, const cpattnTensor_t *k,
                                  const cpattnTensor_t *v, const cpattnTensor_t *o, const cpattnTensor_t *dout,
@@ -644,17 +677,11 @@ cpattnResult_t cpaEngineBackward(cpaEngine *e, const cpattnTensor_t *q, const cp
     int h = -1;
     if (i + 1 < s->nsteps) CPA_CHECK(ring_next(r, i, &Kc, &Vc, cur, &Kn, &Vn, &next, &h));
     CPA_TRACE("backward step %d: kv block %d, %d call(s)", i, step->kv_member, step->ncalls);
-    for (int c = 0; c < step->ncalls && e->profile != cpattnProfileCommOnly; ++c) {
-      const cpaCall *call = &step->calls[c];
-      CPA_CHECK(X->attn_bwd(st, call, &Q, &Kc, &Vc, &O, &DO, &LSE, &dq_part, &dk_part, &dv_part));
-      CPA_CHECK(X->accumulate(st, call, 0, &dq_acc, &dq_part));
-      /* The accumulator of this block is needed only now, after the first (long)
-       * attention call of the step was issued: its transfer hid behind that call. */
-      CPA_CHECK(xwait(r, hd));
-      hd = -1;
-      CPA_CHECK(X->accumulate(st, call, 1, &D[d][0], &dk_part));
-      CPA_CHECK(X->accumulate(st, call, 1, &D[d][1], &dv_part));
-    }
+    if (!e->dry) cpaNvtxPush("cpattn backward step compute");
+    cpattnResult_t res = bwd_step(r, step, &Q, &Kc, &Vc, &O, &DO, &LSE, &dq_acc, &dq_part, &dk_part, &dv_part,
+                                  D[d], &hd);
+    if (!e->dry) cpaNvtxPop();
+    CPA_CHECK(res);
     CPA_CHECK(xwait(r, hd)); /* a step with no calls still passes its accumulator on */
     hd = -1;
     int last_hop = i + 1 == s->nsteps && pb->pr > 1 && s->pre == CPA_PRE_NONE;
