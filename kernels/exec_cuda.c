@@ -48,8 +48,7 @@ static void shared_free(void *p) {
 
 /* Host-side record of one call, then offsets into the device metadata buffer. */
 typedef struct {
-  int prepared_fwd, prepared_bwd;
-  cpaSdpaKey kf, kb;
+  cpaSdpaKey kf, kb;          /* the keys prepared at plan time (a mismatch builds lazily) */
   const cpaSdpaPlan *pf, *pb;
   int b_plan;                 /* ragged: entries of the plan (bucketed)                 */
   int nq, nk;                 /* ranges on the query and key side                       */
@@ -334,7 +333,7 @@ typedef struct {
 } cpaRaggedMeta;
 
 static cpattnResult_t ragged_meta(cpaCudaExec *x, const cpaCall *call, const cpaView *const *views, const int *is_q,
-                                  const int64_t *strides, int nt, cpaRaggedMeta *rm) {
+                                  int nt, cpaRaggedMeta *rm) {
   cpaCallMeta *m = &x->calls[call->id];
   /* cuDNN wants every device tensor 16-byte aligned: each array starts on 256 bytes. */
   size_t bm = (size_t)x->b_max + 1, i32 = cpaAlignUp(4 * bm, 256), i64 = cpaAlignUp(8 * bm, 256);
@@ -349,7 +348,7 @@ static cpattnResult_t ragged_meta(cpaCudaExec *x, const cpaCall *call, const cpa
   for (int k = 0; k < nt; ++k) {
     rm->off[k] = (int64_t *)(offs + (size_t)k * i64);
     out.off[k] = rm->off[k];
-    out.strides[k] = views ? views[k]->row_stride : strides[k];
+    out.strides[k] = views[k]->row_stride;
     out.is_q[k] = is_q[k];
   }
   const int64_t *ent = (const int64_t *)(x->meta + m->off_ent);
@@ -381,7 +380,6 @@ static cpattnResult_t cu_attn_fwd(void *st, const cpaCall *call, const cpaView *
   ragged_batch_strides(&key);
   if (x->dry) {
     m->kf = key;
-    m->prepared_fwd = 1;
     m->b_plan = (int)key.b;
     if (key.b > x->b_max) x->b_max = (int)key.b;
     if (!m->hq) m->hq = make_ranges(x, call, 0, o_part->rows_per_batch, &m->nq, &m->q_total);
@@ -396,18 +394,13 @@ static cpattnResult_t cu_attn_fwd(void *st, const cpaCall *call, const cpaView *
   a.workspace = x->ws;
   band_args(x, &a);
   if (ragged(x)) {
-    const cpaView *views[5] = {q, k, v, o_part, NULL};
-    int is_q[5] = {1, 0, 0, 1, 1};
-    int64_t strides[5] = {0, 0, 0, 0, x->pb->hq_local};
-    cpaRaggedMeta rm;
-    /* stats: token-major over the query rows, row stride = heads */
-    const cpaView *vv[5] = {q, k, v, o_part, o_part};
+    /* stats: token-major over the query rows, so their row stride is the head count */
     cpaView sv = *o_part;
     sv.row_stride = x->pb->hq_local;
-    vv[4] = &sv;
-    (void)views;
-    (void)strides;
-    CPA_CHECK(ragged_meta(x, call, vv, is_q, NULL, 5, &rm));
+    const cpaView *vv[5] = {q, k, v, o_part, &sv};
+    int is_q[5] = {1, 0, 0, 1, 1};
+    cpaRaggedMeta rm;
+    CPA_CHECK(ragged_meta(x, call, vv, is_q, 5, &rm));
     a.q = q->data;
     a.k = k->data;
     a.v = v->data;
@@ -466,7 +459,6 @@ static cpattnResult_t cu_attn_bwd(void *st, const cpaCall *call, const cpaView *
   ragged_batch_strides(&key);
   if (x->dry) {
     m->kb = key;
-    m->prepared_bwd = 1;
     if (key.b > x->b_max) x->b_max = (int)key.b;
     if (!m->hk) m->hk = make_ranges(x, call, 1, dk_part->rows_per_batch, &m->nk, &m->k_total);
     if (!m->hk) return cpaError(cpattnOutOfMemory, "no host memory for call metadata");
@@ -486,7 +478,7 @@ static cpattnResult_t cu_attn_bwd(void *st, const cpaCall *call, const cpaView *
     const cpaView *vv[9] = {q, k, v, o, lse, dout, dq_part, dk_part, dv_part};
     int is_q[9] = {1, 0, 0, 1, 1, 1, 1, 0, 0};
     cpaRaggedMeta rm;
-    CPA_CHECK(ragged_meta(x, call, vv, is_q, NULL, 9, &rm));
+    CPA_CHECK(ragged_meta(x, call, vv, is_q, 9, &rm));
     a.q = q->data;
     a.k = k->data;
     a.v = v->data;
