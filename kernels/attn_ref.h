@@ -21,7 +21,12 @@
  *
  * Math is fp32 with fp64 accumulation of the softmax sums and of the output rows, so the
  * result does not depend on how the key range is split (which is what lets the merge of
- * partial results agree with whole-sequence attention to ~1e-6 relative).
+ * partial results agree with whole-sequence attention to ~1e-6 relative). The LSE is stored
+ * in fp32, so with very peaked scores a merge step is good to about |lse| * 2^-24.
+ *
+ * Outputs never alias inputs. The kernels return nothing: a shape outside the rules (head
+ * dim outside 1..256, n_hkv not dividing n_hq) fills the outputs with NaN instead of
+ * overrunning anything, so a caller that validated its shapes never sees it.
  */
 #ifndef CPATTN_KERNELS_ATTN_REF_H_
 #define CPATTN_KERNELS_ATTN_REF_H_
@@ -67,8 +72,9 @@ void cpaRefAttnFwd(const cpaRefShape *s, cpaRefIn q, cpaRefIn k, cpaRefIn v, cpa
  * over all key blocks, not this block's partial): with P = exp(scale*q k^T - lse) (masked
  * entries 0), D_i = rowsum(do_i * o_i):
  *   dv += P^T do,  dS = P * (do v^T - D) * scale,  dq += dS k,  dk += dS^T q.
- * dq, dk, dv are fp32; accumulate = 0 overwrites the block's rows first, 1 adds to them.
- * Rows whose lse is -inf contribute nothing (no NaN). */
+ * dq, dk, dv are fp32; accumulate = 0 overwrites all n_q dQ rows and all n_k dK/dV rows
+ * (keys no row sees get zeros), 1 adds to them (keys no row sees stay untouched). Rows whose
+ * lse is -inf contribute nothing (no NaN). */
 void cpaRefAttnBwd(const cpaRefShape *s, cpaRefIn q, cpaRefIn k, cpaRefIn v, cpaRefIn o, cpaRefIn dout,
                    const float *lse, int64_t lse_row_stride, int64_t lse_head_stride, float *dq,
                    int64_t dq_row_stride, int64_t dq_head_stride, float *dk, int64_t dk_row_stride,
@@ -79,7 +85,9 @@ void cpaRefAttnBwd(const cpaRefShape *s, cpaRefIn q, cpaRefIn k, cpaRefIn v, cpa
  * for n_rows rows of n_heads heads of d_v values, all fp32:
  *   lse = log(exp(lse_acc) + exp(lse_part))   (computed stably: max + log1p(exp(-|diff|)))
  *   o   = o_acc * exp(lse_acc - lse) + o_part * exp(lse_part - lse)
- * Either side may be -inf (weight 0); both -inf leaves (o = 0, lse = -inf). Never NaN. */
+ * Either side may be -inf (weight 0) and its o is then never read, so an accumulator may
+ * start as (lse = -inf, o = anything); both -inf leaves (o = 0, lse = -inf). Never NaN.
+ * The accumulator and the part may be the same memory (the merge is element-wise). */
 void cpaRefMerge(int64_t n_rows, int n_heads, int d_v, float *o_acc, int64_t o_acc_row_stride,
                  int64_t o_acc_head_stride, float *lse_acc, int64_t lse_acc_row_stride,
                  int64_t lse_acc_head_stride, const float *o_part, int64_t o_part_row_stride,
