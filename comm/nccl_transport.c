@@ -214,3 +214,42 @@ CPATTN_API cpattnResult_t cpattnCommInitNcclOwned(cpattnComm_t *comm, struct ncc
   cpaClearError();
   return cpaNcclTransportInit(comm, nccl, cudaDevice, 1, nonBlocking);
 }
+
+CPATTN_API cpattnResult_t cpattnGetNcclUniqueId(void *id, size_t bytes) {
+  cpaClearError();
+  CPA_REQUIRE(id != NULL, "id must not be NULL");
+  CPA_REQUIRE(bytes >= sizeof(ncclUniqueId), "bytes = %zu, an NCCL unique id needs %zu", bytes, sizeof(ncclUniqueId));
+  ncclUniqueId u;
+  ncclResult_t r = ncclGetUniqueId(&u);
+  if (r != ncclSuccess) return cpaError(cpattnNcclError, "ncclGetUniqueId: %s", ncclGetErrorString(r));
+  memcpy(id, &u, sizeof u);
+  return cpattnSuccess;
+}
+
+CPATTN_API cpattnResult_t cpattnCommInitNcclRank(cpattnComm_t *comm, int nranks, int rank, const void *id,
+                                                 int cudaDevice) {
+  cpaClearError();
+  CPA_REQUIRE(comm != NULL && id != NULL, "comm and id must not be NULL");
+  *comm = NULL;
+  CPA_REQUIRE(nranks >= 1 && rank >= 0 && rank < nranks, "rank = %d must be in [0, nranks = %d)", rank, nranks);
+  int ndev = 0;
+  if (cudaGetDeviceCount(&ndev) != cudaSuccess || cudaDevice < 0 || cudaDevice >= ndev)
+    return cpaError(cpattnInvalidArgument, "cudaDevice = %d is not a visible CUDA device (%d visible)", cudaDevice,
+                    ndev);
+  if (cudaSetDevice(cudaDevice) != cudaSuccess) return cpaError(cpattnCudaError, "cudaSetDevice(%d) failed", cudaDevice);
+  ncclUniqueId u;
+  memcpy(&u, id, sizeof u);
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0; /* so that waits can be bounded and a stalled peer aborted */
+  ncclComm_t nccl = NULL;
+  ncclResult_t r = ncclCommInitRankConfig(&nccl, nranks, u, rank, &config);
+  double deadline = now_ms() + (double)cpaParamInt(CPA_PARAM_TIMEOUT_MS);
+  while (r == ncclInProgress && now_ms() < deadline) ncclCommGetAsyncError(nccl, &r);
+  if (r != ncclSuccess) {
+    if (nccl) ncclCommAbort(nccl);
+    return cpaError(r == ncclInProgress ? cpattnTimeout : cpattnNcclError,
+                    "ncclCommInitRankConfig (rank %d of %d): %s", rank, nranks,
+                    r == ncclInProgress ? "peers did not join in time" : ncclGetErrorString(r));
+  }
+  return cpaNcclTransportInit(comm, nccl, cudaDevice, 1, 1);
+}

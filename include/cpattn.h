@@ -283,6 +283,16 @@ CPATTN_API cpattnResult_t cpattnCommInitNccl(cpattnComm_t *comm, struct ncclComm
 CPATTN_API cpattnResult_t cpattnCommInitNcclOwned(cpattnComm_t *comm, struct ncclComm *nccl, int cudaDevice,
                                                   int nonBlocking);
 
+/* For programs that have neither an NCCL communicator nor MPI (a Python binding that rides
+ * on torch.distributed, say): one process fills `id` (bytes >= 128, NCCL's unique id) with
+ * cpattnGetNcclUniqueId and hands it to the others by any means; then every process calls
+ * cpattnCommInitNcclRank with the same id. The communicator is created non-blocking and
+ * owned by cpattn (destroyed, or aborted after a timeout, by cpattnCommDestroy). The
+ * second call is collective over the nranks processes. */
+CPATTN_API cpattnResult_t cpattnGetNcclUniqueId(void *id, size_t bytes);
+CPATTN_API cpattnResult_t cpattnCommInitNcclRank(cpattnComm_t *comm, int nranks, int rank, const void *id,
+                                                 int cudaDevice);
+
 /* Destroys the handle. Every plan made from it must be destroyed first. Does not destroy
  * a borrowed NCCL or MPI communicator. */
 CPATTN_API cpattnResult_t cpattnCommDestroy(cpattnComm_t comm);

@@ -30,3 +30,21 @@ CPATTN_API cpattnResult_t cpattnCommInitNcclOwned(cpattnComm_t *comm, struct ncc
   if (comm) *comm = NULL;
   return cpaError(cpattnNotSupported, "cpattnCommInitNcclOwned: this cpattn was built without CUDA/NCCL");
 }
+
+CPATTN_API cpattnResult_t cpattnGetNcclUniqueId(void *id, size_t bytes) {
+  cpaClearError();
+  (void)id;
+  (void)bytes;
+  return cpaError(cpattnNotSupported, "cpattnGetNcclUniqueId: this cpattn was built without CUDA/NCCL");
+}
+
+CPATTN_API cpattnResult_t cpattnCommInitNcclRank(cpattnComm_t *comm, int nranks, int rank, const void *id,
+                                                 int cudaDevice) {
+  cpaClearError();
+  (void)nranks;
+  (void)rank;
+  (void)id;
+  (void)cudaDevice;
+  if (comm) *comm = NULL;
+  return cpaError(cpattnNotSupported, "cpattnCommInitNcclRank: this cpattn was built without CUDA/NCCL");
+}
