@@ -267,12 +267,42 @@ static void maybe_fault(const Args *a, int it) {
   nanosleep(&ts, NULL);
 }
 
+/* MPI_Barrier with a deadline: the ranks line up before each timed run, and a peer that
+ * stalled or died there must become an error, not a hang (the same bound cpattn uses). */
+static int barrier_bounded(int64_t timeout_ms) {
+  MPI_Request req;
+  if (MPI_Ibarrier(MPI_COMM_WORLD, &req) != MPI_SUCCESS) return -1;
+  struct timespec t0, now, nap = {0, 100000};
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (;;) {
+    int done = 0;
+    if (MPI_Test(&req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) return -1;
+    if (done) return 0;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    double ms = (now.tv_sec - t0.tv_sec) * 1e3 + (now.tv_nsec - t0.tv_nsec) * 1e-6;
+    if (timeout_ms >= 0 && ms > (double)timeout_ms) return -1;
+    nanosleep(&nap, NULL);
+  }
+}
+
 /* Median time of `iters` runs of fwd (which = 0) or bwd (1) after `warmup` runs. */
 static int time_runs(const Args *a, cpattnPlan_t plan, Tensors *t, BenchDev *d, int which, double *ms) {
   double *v = malloc(sizeof(double) * (size_t)a->iters);
   for (int it = -a->warmup; it < a->iters; ++it) {
+    /* the library's bound: config->timeoutMs, else CPATTN_TIMEOUT, else its default */
+    const char *env = getenv("CPATTN_TIMEOUT");
+    int64_t bound = a->cfg.timeoutMs > 0 ? a->cfg.timeoutMs
+                    : a->cfg.timeoutMs < 0 ? -1
+                    : env && *env ? atoll(env)
+                                  : 300000;
+    if (barrier_bounded(bound) != 0) {
+      fprintf(stderr, "cpattn-bench: rank %d: the ranks did not line up within %lld ms (a peer stalled or died)\n",
+              g_rank, (long long)bound);
+      free(v);
+      return -1;
+    }
+    /* After the barrier: the healthy ranks meet the fault inside the cpattn call. */
     maybe_fault(a, it + a->warmup);
-    MPI_Barrier(MPI_COMM_WORLD);
     bench_timer_start(d);
     cpattnResult_t res = which ? run_bwd(plan, t, d) : run_fwd(plan, t, d);
     double x = bench_timer_stop(d);
@@ -348,6 +378,18 @@ static int check(const Args *a, BenchDev *dev, Tensors *t, cpattnComm_t self, do
   return 0;
 }
 
+/* After a timeout or remote error: leave without the collective calls (gather, allreduce,
+ * finalize) that a dead or stalled peer would never answer. MPI_Abort rather than exit:
+ * it needs no answer from the peers and ends every rank of the job under any launcher
+ * (srun, unlike mpirun, leaves the other tasks running when one exits non-zero), so a
+ * stalled peer does not keep the job alive. */
+static void give_up(void) {
+  fprintf(stderr, "cpattn-bench: rank %d: giving up after the error above\n", g_rank);
+  fflush(stderr);
+  MPI_Abort(MPI_COMM_WORLD, 4);
+  _exit(4); /* MPI_Abort does not return; this is in case an MPI's does */
+}
+
 typedef struct {
   double fwd, bwd, fwd_comp, bwd_comp, fwd_comm, bwd_comm, mem;
 } RankResult;
@@ -413,13 +455,7 @@ int main(int argc, char **argv) {
   RankResult r;
   memset(&r, 0, sizeof r);
   int fail = time_runs(&a, plan, &t, &dev, 0, &r.fwd) || time_runs(&a, plan, &t, &dev, 1, &r.bwd);
-  if (fail) {
-    /* A timeout or remote error: report it and leave without collective calls that a
-     * dead or stalled peer would never answer. */
-    fprintf(stderr, "cpattn-bench: rank %d: giving up after the error above\n", g_rank);
-    fflush(stderr);
-    _exit(4);
-  }
+  if (fail) give_up();
   double err[5] = {0, 0, 0, 0, 0};
   int check_failed = 0;
   if (a.check) check_failed = check(&a, &dev, &t, self, err) != 0;
@@ -432,6 +468,7 @@ int main(int argc, char **argv) {
     cpattnPlanSetProfile(plan, cpattnProfileCommOnly);
     fail |= time_runs(&b, plan, &t, &dev, 0, &r.fwd_comm) || time_runs(&b, plan, &t, &dev, 1, &r.bwd_comm);
     cpattnPlanSetProfile(plan, cpattnProfileNormal);
+    if (fail) give_up();
   } else {
     r.fwd_comp = r.fwd;
     r.bwd_comp = r.bwd;

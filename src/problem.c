@@ -145,6 +145,7 @@ cpattnResult_t cpaProblemInit(cpaProblem *pb, const cpattnConfig_t *config, int 
   memset(pb, 0, sizeof *pb);
   CPA_CHECK(cpaConfigCheck(config));
   CPA_REQUIRE(world >= 1 && rank >= 0 && rank < world, "rank %d / world size %d are inconsistent", rank, world);
+  CPA_REQUIRE(world <= INT32_MAX / 2, "world size %d must be <= %d (zigzag: 2 * world chunks)", world, INT32_MAX / 2);
   pb->cfg = *config;
   pb->world = world;
   pb->rank = rank;

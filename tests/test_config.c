@@ -318,6 +318,27 @@ static void test_every_status_has_a_string(void **state) {
   assert_int_equal(v, CPATTN_VERSION_CODE);
 }
 
+/* Found by tests/fuzz/fuzz_config.c: a world size above INT32_MAX / 2 made the zigzag
+ * split compute 2 * world chunks in an int (signed overflow; garbage token counts in a
+ * build without UBSan). It must be refused with a message, for BSHD and THD alike. */
+static void test_huge_world_size_is_refused(void **state) {
+  (void)state;
+  static int32_t cu[3] = {0, 7, 20};
+  int64_t n = -1;
+  cpattnConfig_t c = base_config();
+  c.mask = cpattnMaskCausal; /* zigzag: 2 * world chunks */
+  expect(cpattnGetLocalTokenCount(&c, 2, 2147483647, &n), cpattnInvalidArgument, "world size", "BSHD, world INT_MAX");
+  c.layout = cpattnLayoutTHD;
+  c.batch = 2;
+  c.seqLen = 20;
+  c.cuSeqlens = cu;
+  expect(cpattnGetLocalTokenCount(&c, 1, 2147483646, &n), cpattnInvalidArgument, "world size", "THD, world INT_MAX-1");
+  assert_int_equal(n, -1);
+  /* The largest world accepted still gives a count (THD: almost every chunk empty). */
+  assert_int_equal(cpattnGetLocalTokenCount(&c, 0, 1073741823, &n), cpattnSuccess);
+  assert_true(n >= 0 && n <= 20);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_each_bad_config_field_is_named),
@@ -325,6 +346,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_bad_descriptors_are_named, fixture_setup, fixture_teardown),
       cmocka_unit_test_setup_teardown(test_usage_errors, fixture_setup, fixture_teardown),
       cmocka_unit_test(test_every_status_has_a_string),
+      cmocka_unit_test(test_huge_world_size_is_refused),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
