@@ -38,6 +38,10 @@ if(TARGET cpattn_mpi)
 endif()
 # The per-rank launch wrapper (mpirun/srun ... cpattn-run PROGRAM), beside cpattn-bench.
 install(PROGRAMS launch/cpattn-run DESTINATION ${CMAKE_INSTALL_BINDIR})
+# The PyTorch binding (pure Python over ctypes) and its GPU-free self-check; the binding
+# finds the library from here (<prefix>/share/cpattn/python -> <prefix>/lib).
+install(FILES python/cpattn_torch.py python/check_binding_abi.py
+  DESTINATION ${CMAKE_INSTALL_DATADIR}/cpattn/python)
 install(EXPORT cpattnTargets NAMESPACE cpattn:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/cpattn)
 
 # Where cuDNN and NCCL were found at build time: the package config uses them as default

@@ -14,9 +14,9 @@
 #include <nccl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
-#include "cpattn.h"
-#include "cpattn_mpi.h"
+#include "cpattn.h" /* the core only: a trainer that brings NCCL needs no cpattn_mpi */
 
 #define CHECK(call)                                                                                \
   do {                                                                                             \
@@ -37,14 +37,28 @@ int main(int argc, char **argv) {
     MPI_Finalize();
     return 77;
   }
-  cpattnMpiLocalRank(MPI_COMM_WORLD, &local, &nlocal);
-  if (nlocal > ngpu) {
-    if (rank == 0) printf("borrow_nccl: %d ranks per node but %d GPUs, skipped\n", nlocal, ngpu);
+  /* cpattn's rule for picking a GPU: node-local rank modulo the visible GPUs (under
+   * cpattn-run each rank sees one, its own). NCCL refuses two ranks on one GPU, so the
+   * node's ranks compare PCI bus ids and skip together when GPUs are too few. */
+  MPI_Comm node;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  MPI_Comm_rank(node, &local);
+  MPI_Comm_size(node, &nlocal);
+  int device = local % ngpu;
+  cudaSetDevice(device);
+  char bus[32] = "", *all = calloc((size_t)nlocal, sizeof bus);
+  cudaDeviceGetPCIBusId(bus, (int)sizeof bus, device);
+  MPI_Allgather(bus, (int)sizeof bus, MPI_CHAR, all, (int)sizeof bus, MPI_CHAR, node);
+  int shared = 0, any_shared = 0;
+  for (int i = 0; i < nlocal; ++i) shared |= i != local && strcmp(all + i * sizeof bus, bus) == 0;
+  free(all);
+  MPI_Comm_free(&node);
+  MPI_Allreduce(&shared, &any_shared, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  if (any_shared) {
+    if (rank == 0) printf("borrow_nccl: fewer GPUs than ranks on a node, skipped\n");
     MPI_Finalize();
     return 77;
   }
-  int device = local;
-  cudaSetDevice(device);
 
   /* --- the trainer's own NCCL communicator and stream ----------------------------- */
   ncclUniqueId id;

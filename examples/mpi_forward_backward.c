@@ -49,7 +49,13 @@ static void *alloc_copy(const void *host, size_t bytes) {
 static void download(void *host, const void *p, size_t bytes) {
 #ifdef CPATTN_HAVE_CUDA
   if (use_gpu) {
-    cudaMemcpy(host, p, bytes, cudaMemcpyDeviceToHost);
+    /* The first synchronizing call after forward/backward: where an asynchronous failure
+     * shows up. Ignoring it would checksum whatever the buffers held. */
+    cudaError_t e = cudaMemcpy(host, p, bytes, cudaMemcpyDeviceToHost);
+    if (e != cudaSuccess) {
+      fprintf(stderr, "download: %s\n", cudaGetErrorString(e));
+      MPI_Abort(MPI_COMM_WORLD, 1);
+    }
     return;
   }
 #endif
@@ -89,6 +95,7 @@ int main(int argc, char **argv) {
   int ngpu = 0;
 #ifdef CPATTN_HAVE_CUDA
   if (cudaGetDeviceCount(&ngpu) != cudaSuccess) ngpu = 0;
+  cudaGetLastError(); /* "no device" is an answer here, not an error to leave behind */
 #endif
   use_gpu = ngpu > 0;
   cpattnComm_t comm;

@@ -10,11 +10,11 @@ of files (other lines, e.g. launcher noise, are skipped). Runs that differ only 
 GPU count (or only in the sequence length) make one line of the plot; the legend names
 what differs between lines, the title what they all share. A panel whose axis has a
 single value in the data (say every run used 2 GPUs) is left out, and the title says so.
-Repeated runs of one configuration are reduced to their median.
+Repeated runs of one configuration are reduced to their median. The TF/s come from the
+JSON as printed (two decimals), so they are only meaningful for GPU runs.
 """
 import argparse
 import json
-import math
 import statistics
 import sys
 from collections import defaultdict
@@ -46,11 +46,14 @@ def load(paths):
     return runs
 
 
+MERGED = set()  # keys left out of a configuration's identity (--merge)
+
+
 def config_of(run):
     # The device string carries library versions too ("NVIDIA H200, cuDNN 91900, NCCL
     # 22803"); runs on the same GPU with another cuDNN still belong to one line.
     return tuple((k, json.dumps(run.get(k)) if k != "device" else run.get(k, "").split(",")[0])
-                 for k in CONFIG_KEYS)
+                 for k in CONFIG_KEYS if k not in MERGED)
 
 
 def describe(items):
@@ -70,13 +73,18 @@ def describe(items):
         words.append(f"window {d['window'][0]},{d['window'][1]}")
     if "layout" in d:
         words.append(d["layout"].upper())
+    if d.get("layout") == "thd" and "batch" in d:  # THD's batch is the count of packed documents
+        words[-1] += f" ({d.pop('batch')} documents)"
     if "dtype" in d:
         words.append(d["dtype"])
     if "batch" in d:
         words.append(f"batch {d['batch']}")
-    if "heads" in d or "kv_heads" in d:
-        words.append(f"heads {d.get('heads', '?')}/{d.get('kv_heads', '?')}" if "heads" in d
-                     else f"{d['kv_heads']} KV heads")
+    if "heads" in d and "kv_heads" in d:
+        words.append(f"heads {d['heads']}/{d['kv_heads']} (Q/KV)")
+    elif "heads" in d:
+        words.append(f"{d['heads']} query heads")
+    elif "kv_heads" in d:
+        words.append(f"{d['kv_heads']} KV heads")
     if "head_dim" in d:
         words.append(f"d={d['head_dim']}")
     if "head_dim_v" in d and d.get("head_dim_v") != d.get("head_dim"):
@@ -104,25 +112,40 @@ def series(runs, axis):
 
 def draw_row(axes, runs, axis, labels, colors):
     import matplotlib.ticker as mt
+    from matplotlib.lines import Line2D
 
     ax_t, ax_f = axes
+    other_axis = "seq" if axis == "world" else "world"
+    several_other = len({r[other_axis] for r in runs}) > 1
+    handles = []
     for key, points in sorted(series(runs, axis).items(), key=lambda kv: (labels[kv[0]], kv[0][1])):
         xs = sorted(points)
         other = key[1]
-        label = labels[key] + (f", {tokens(other)} tokens" if axis == "world" else f", {other} GPU(s)")
+        label = labels[key]
+        if several_other:
+            where = f"{tokens(other)} tokens" if axis == "world" else f"{other} GPU(s)"
+            label = where if label == "all runs" else f"{label}, {where}"
         color = colors[key]
+        handles.append(Line2D([], [], color=color, marker="o", label=label))
         for which, style, marker in (("fwd", "-", "o"), ("bwd", "--", "s")):
             ys = [points[x][f"{which}_ms"] for x in xs]
-            ax_t.plot(xs, ys, style, marker=marker, color=color, label=f"{which}: {label}")
+            ax_t.plot(xs, ys, style, marker=marker, color=color)
             ax_f.plot(xs, [points[x][f"{which}_tflops_per_rank"] for x in xs], style, marker=marker, color=color)
             if axis == "world" and len(xs) > 1:  # perfect strong scaling from the first point
                 ax_t.plot(xs, [ys[0] * xs[0] / x for x in xs], ":", color=color, alpha=0.5, linewidth=1)
+    handles += [Line2D([], [], color="black", linestyle="-", marker="o", label="forward"),
+                Line2D([], [], color="black", linestyle="--", marker="s", label="backward")]
     xs_all = sorted({r[axis] for r in runs})
+    if axis == "world" and len(xs_all) > 1:
+        handles.append(Line2D([], [], color="grey", linestyle=":", label="ideal: time \u221d 1/GPUs"))
     if axis == "seq" and len(xs_all) > 1:  # attention costs grow as S^2: a guide for the eye
         lo = min(r["fwd_ms"] for r in runs if r["seq"] == xs_all[0])
-        ax_t.plot(xs_all, [lo * (x / xs_all[0]) ** 2 for x in xs_all], ":", color="grey", linewidth=1,
-                  label="slope of S\u00b2 (guide)")
-    name = "GPUs" if axis == "world" else "sequence length (tokens)"
+        ax_t.plot(xs_all, [lo * (x / xs_all[0]) ** 2 for x in xs_all], ":", color="grey", linewidth=1)
+        handles.append(Line2D([], [], color="grey", linestyle=":", label="slope of S\u00b2 (guide)"))
+    # The TF/s panel starts at 0 and the curves sit high: its lower part holds the legend.
+    ax_f.legend(handles=handles, fontsize=8, loc="lower center", framealpha=0.9,
+                ncol=2 if len(handles) > 8 else 1)
+    name = "GPUs (ranks)" if axis == "world" else "sequence length (tokens)"
     for ax in (ax_t, ax_f):
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs_all)
@@ -133,8 +156,7 @@ def draw_row(axes, runs, axis, labels, colors):
         ax.grid(True, which="both", alpha=0.3)
     ax_t.set_yscale("log")
     ax_t.set_ylabel("time per call (ms, slowest rank)")
-    ax_t.set_title(f"time against {'GPU count' if axis == 'world' else 'sequence length'}"
-                   + (" (dotted: ideal 1/P)" if axis == "world" else ""))
+    ax_t.set_title(f"time against {'GPU count' if axis == 'world' else 'sequence length'}")
     ax_f.set_ylim(bottom=0)
     ax_f.set_ylabel("TFLOP/s per GPU")
     ax_f.set_title(f"TFLOP/s per GPU against {'GPU count' if axis == 'world' else 'sequence length'}")
@@ -146,8 +168,14 @@ def main():
     ap.add_argument("-o", "--output", help="PNG to write (default: the first input with .png)")
     ap.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                     help="keep runs whose JSON field KEY equals VALUE (repeatable)")
+    ap.add_argument("--merge", action="append", default=[], metavar="KEY",
+                    help="runs that differ in KEY still make one line, e.g. --merge schedule for a "
+                         "sweep that uses ring on one node and hybrid across nodes (repeatable)")
     ap.add_argument("--title", help="title line above the generated one")
     args = ap.parse_args()
+    MERGED.update(args.merge)
+    if "schedule" in MERGED:
+        MERGED.add("a2a_group")
 
     runs = load(args.inputs)
     for f in args.filter:
@@ -190,15 +218,14 @@ def main():
         labels = {k: labels_cfg[k[0]] for k in keys}
         colors = {k: (palette[i % len(palette)] if per_line else color_cfg[k[0]]) for i, k in enumerate(keys)}
         draw_row(row, runs, axis, labels, colors)
-        row[0].legend(fontsize=7.5, loc="upper left", framealpha=0.9)
 
     title = describe(common) or "cpattn-bench"
     heading = (args.title + "\n" if args.title else "") + f"cpattn-bench: {title}"
     if notes:
         heading += "\n(" + "; ".join(notes) + ")"
     fig.suptitle(heading, fontsize=11)
-    fig.text(0.5, 0.005, "solid: forward, dashed: backward; time is the slowest rank's median",
-             ha="center", fontsize=8, color="dimgrey")
+    fig.text(0.5, 0.005, "time: the slowest rank's median per call; TFLOP/s per GPU counts only the "
+             "unmasked work (causal: half)", ha="center", fontsize=8, color="dimgrey")
     fig.tight_layout(rect=(0, 0.02, 1, 1))
     fig.savefig(out, dpi=110)
     print(f"plot_scaling: {len(runs)} run(s) -> {out}")

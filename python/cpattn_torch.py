@@ -1,7 +1,10 @@
 """cpattn_torch -- context-parallel attention for PyTorch through cpattn's C API.
 
-Nothing to compile beyond cpattn itself: libcpattn.so is loaded with ctypes (from
-$CPATTN_LIBRARY, else from the library path). The communicator is made from a
+Nothing to compile beyond cpattn itself: libcpattn.so is loaded with ctypes, from
+$CPATTN_LIBRARY if set, else from the cpattn install this file belongs to (`cmake --install`
+puts it in <prefix>/share/cpattn/python, the library in <prefix>/lib), else through the
+dynamic loader's path (LD_LIBRARY_PATH, ldconfig). The library must be a CUDA build. The
+communicator is made from a
 torch.distributed process group (cpattn creates its own non-blocking NCCL communicator,
 bootstrapped by broadcasting a unique id over the group), and every call runs on PyTorch's
 current CUDA stream.
@@ -17,6 +20,7 @@ global position of each local token, to cut shards out of full tensors or to app
 
 Status: written against cpattn 0.1's C API; not yet run on GPUs (see the README).
 """
+import collections
 import ctypes
 import os
 
@@ -48,8 +52,20 @@ class _Tensor(ctypes.Structure):
                 ("dims", ctypes.c_int64 * 4), ("strides", ctypes.c_int64 * 4)]
 
 
+def _find_library():
+    if os.environ.get("CPATTN_LIBRARY"):
+        return os.environ["CPATTN_LIBRARY"]
+    here = os.path.dirname(os.path.abspath(__file__))
+    prefix = os.path.normpath(os.path.join(here, "..", "..", ".."))  # <prefix>/share/cpattn/python
+    for libdir in ("lib", "lib64", "lib/x86_64-linux-gnu", "lib/aarch64-linux-gnu"):
+        path = os.path.join(prefix, libdir, "libcpattn.so.0")
+        if os.path.exists(path):
+            return path
+    return "libcpattn.so.0"  # the soname: whatever the loader finds
+
+
 def _load():
-    lib = ctypes.CDLL(os.environ.get("CPATTN_LIBRARY", "libcpattn.so"))
+    lib = ctypes.CDLL(_find_library())
     vp, i64p, cfgp, tp = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(_Config), ctypes.POINTER(_Tensor)
     sig = {
         "cpattnGetErrorString": ([ctypes.c_int], ctypes.c_char_p),
@@ -93,12 +109,30 @@ def _descriptor(t):
     return d
 
 
+class _Comm:
+    """Owns a cpattnComm_t. Plans hold a reference to it, so that however Python drops
+    objects (the module closed while an autograd graph still holds a plan), every plan is
+    destroyed before its communicator, as cpattnCommDestroy requires."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __del__(self):
+        if _lib is not None and self.handle:
+            _lib.cpattnCommDestroy(self.handle)
+            self.handle = None
+
+
 class _Plan:
-    """A cpattn plan with its workspace, a uint8 tensor (PyTorch's allocator aligns it)."""
+    """A cpattn plan with its workspace, a uint8 tensor (PyTorch's allocator aligns it).
+    The workspace is stateless between calls but must not be used by two streams at once:
+    run one module's calls on one stream at a time (what autograd does)."""
 
     def __init__(self, comm, cfg, device):
+        self.comm = comm
         self.handle = ctypes.c_void_p()
-        _check(_lib.cpattnPlanCreate(ctypes.byref(self.handle), comm, ctypes.byref(cfg)), "cpattnPlanCreate")
+        _check(_lib.cpattnPlanCreate(ctypes.byref(self.handle), comm.handle, ctypes.byref(cfg)),
+               "cpattnPlanCreate")
         n = ctypes.c_size_t()
         _check(_lib.cpattnPlanGetWorkspaceSize(self.handle, ctypes.byref(n)), "cpattnPlanGetWorkspaceSize")
         self.workspace = torch.empty(max(n.value, 256), dtype=torch.uint8, device=device)
@@ -121,7 +155,14 @@ class _Plan:
 
     def __del__(self):
         if _lib is not None and self.handle:
+            # A plan must not be destroyed under work enqueued with it; the last reference
+            # can go (cache eviction, autograd freeing its graph) before the GPU is done.
+            try:
+                torch.cuda.synchronize(self.workspace.device)
+            except Exception:  # interpreter shutdown: CUDA may already be gone
+                pass
             _lib.cpattnPlanDestroy(self.handle)
+            self.handle = None
 
 
 class _AttentionFn(torch.autograd.Function):
@@ -148,11 +189,15 @@ class ContextParallelAttention(torch.nn.Module):
     mask: "none" | "causal" | "window" (with window=(left, right)); layout: "bshd" | "sbhd"
     | "thd" (pass cu_seqlens of the whole packed batch); schedule: "ring" | "a2a" |
     "allgather" | "hybrid" (with a2a_group). Inputs are this rank's shards, bf16 or fp16 CUDA
-    tensors with a unit innermost stride.
+    tensors with a unit innermost stride, on the device that was current at construction.
+
+    Plans (validation, schedule, cuDNN graphs, workspace) are cached per shape and dtype,
+    at most max_plans of them, least recently used first out. THD with other document
+    lengths is another shape: packing that changes every batch builds a plan per batch.
     """
 
     def __init__(self, group=None, mask="causal", layout="bshd", schedule="ring", window=(-1, -1),
-                 a2a_group=0, softmax_scale=0.0, deterministic=False):
+                 a2a_group=0, softmax_scale=0.0, deterministic=False, max_plans=8):
         super().__init__()
         global _lib
         if _lib is None:
@@ -161,18 +206,26 @@ class ContextParallelAttention(torch.nn.Module):
         self.device = torch.device("cuda", torch.cuda.current_device())
         self.opts = dict(mask=_MASKS[mask], layout=_LAYOUTS[layout], schedule=_SCHEDULES[schedule],
                          window=tuple(window), a2a=a2a_group, scale=float(softmax_scale), det=int(deterministic))
-        # One process makes the NCCL id; the group carries it to the others.
-        idbuf = ctypes.create_string_buffer(128)
+        # One process makes the NCCL id; the group carries it to the others (with the NCCL
+        # backend, broadcast_object_list uses the current device: set it first). A failure
+        # travels too, so that no rank waits for an id that never comes.
+        box = [None]
         if self.rank == 0:
-            _check(_lib.cpattnGetNcclUniqueId(idbuf, 128), "cpattnGetNcclUniqueId")
-        box = [bytes(idbuf.raw) if self.rank == 0 else None]
+            idbuf = ctypes.create_string_buffer(128)
+            res = _lib.cpattnGetNcclUniqueId(idbuf, 128)
+            box[0] = bytes(idbuf.raw) if res == 0 else "cpattnGetNcclUniqueId on rank 0: %s: %s" % (
+                _lib.cpattnGetErrorString(res).decode(), _lib.cpattnGetLastError().decode())
         src = dist.get_global_rank(group, 0) if group is not None else 0
         dist.broadcast_object_list(box, src=src, group=group)
-        idbuf = ctypes.create_string_buffer(box[0], 128)
-        self.comm = ctypes.c_void_p()
-        _check(_lib.cpattnCommInitNcclRank(ctypes.byref(self.comm), self.world, self.rank, idbuf, self.device.index),
+        if isinstance(box[0], str):
+            raise RuntimeError(box[0])
+        handle = ctypes.c_void_p()
+        _check(_lib.cpattnCommInitNcclRank(ctypes.byref(handle), self.world, self.rank,
+                                           ctypes.create_string_buffer(box[0], 128), self.device.index),
                "cpattnCommInitNcclRank")
-        self.plans = {}
+        self.comm = _Comm(handle)
+        self.plans = collections.OrderedDict()
+        self.max_plans = max(1, int(max_plans))
 
     def _config(self, batch, seq_len, hq, hkv, dqk, dv, dtype, cu_seqlens):
         o = self.opts
@@ -209,6 +262,10 @@ class ContextParallelAttention(torch.nn.Module):
         take seq_len, the global tokens of each sequence (default S_local * world, right
         when the length divides evenly); THD (T_local, H, D) takes cu_seqlens of the whole
         packed batch (a list or CPU tensor)."""
+        if self.comm is None:
+            raise RuntimeError("ContextParallelAttention used after close()")
+        if q.device != self.device or k.device != self.device or v.device != self.device:
+            raise ValueError("q, k and v must be on %s, the communicator's device" % self.device)
         layout = self.opts["layout"]
         if layout == 2:
             if cu_seqlens is None:
@@ -226,12 +283,17 @@ class ContextParallelAttention(torch.nn.Module):
         plan = self.plans.get(key)
         if plan is None:
             cfg = self._config(batch, seq_len, hq, hkv, q.shape[-1], v.shape[-1], q.dtype, cu)
-            plan = self.plans[key] = _Plan(self.comm, cfg, q.device)
+            plan = self.plans[key] = _Plan(self.comm, cfg, q.device)  # collective: same order on every rank
+            while len(self.plans) > self.max_plans:
+                self.plans.popitem(last=False)
+        else:
+            self.plans.move_to_end(key)
         return _AttentionFn.apply(q, k, v, plan, lse_shape)
 
     def close(self):
-        """Destroys the plans, then the communicator (call before destroying the group)."""
+        """Destroys the plans, then the communicator (call before destroying the group).
+        Waits for the device first: a plan must not be destroyed under running work. Plans
+        still held by a live autograd graph go (with the communicator) when it does."""
+        torch.cuda.synchronize(self.device)
         self.plans.clear()
-        if self.comm:
-            _lib.cpattnCommDestroy(self.comm)
-            self.comm = ctypes.c_void_p()
+        self.comm = None

@@ -21,7 +21,11 @@ import torch.nn.functional as F
 
 import cpattn_torch as ct
 
-os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+# NVLink multicast off in NCCL, PyTorch and NVSHMEM (the shared GPU machines require it;
+# launch/cpattn-run sets the same), before any communicator exists.
+for _var, _value in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"),
+                     ("NVSHMEM_DISABLE_NVLS", "1")):
+    os.environ.setdefault(_var, _value)
 
 
 def rel(a, b):
@@ -139,9 +143,10 @@ def check_training(attn, rank, world, steps=5):
 
 
 def main():
+    # The device first: the process group and cpattn's id broadcast use the current one.
+    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     dist.init_process_group("nccl")
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     attn = ct.ContextParallelAttention(mask="causal", layout="bshd")
     results = []
     e, parts = check_bshd(attn, rank, world)

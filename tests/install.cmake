@@ -1,6 +1,7 @@
 # install.cmake (tests) -- `cmake --install` of this build into a scratch prefix, then
 # programs that know cpattn only through the installed package: built with
-# find_package(cpattn) and with pkg-config, and run. The steps live in
+# find_package(cpattn) and with pkg-config, and run; and the installed PyTorch binding's
+# GPU-free self-check. The steps live in
 # install_consumer/check_install.cmake; install_tree runs first (a CTest fixture).
 find_program(CPATTN_PKG_CONFIG NAMES pkg-config pkgconf)
 if(NOT CPATTN_PKG_CONFIG)
@@ -18,7 +19,9 @@ endif()
 # A list inside one -D argument would be split by CTest: pass it '|'-separated.
 string(REPLACE ";" "|" _inst_preflags "${CPATTN_MPIEXEC_PREFLAGS}")
 
-foreach(step install exports cmake pkgconfig)
+find_package(Python3 COMPONENTS Interpreter QUIET)
+
+foreach(step install exports cmake pkgconfig python)
   set(_name install_${step})
   if(step STREQUAL "install")
     set(_name install_tree)
@@ -26,13 +29,16 @@ foreach(step install exports cmake pkgconfig)
     set(_name install_cmake_consumer)
   elseif(step STREQUAL "pkgconfig")
     set(_name install_pkgconfig_consumer)
+  elseif(step STREQUAL "python")
+    set(_name install_python_binding)
   endif()
   add_test(NAME ${_name}
     COMMAND ${CMAKE_COMMAND} -DSTEP=${step}
       -DBUILD_DIR=${PROJECT_BINARY_DIR} -DPREFIX=${_inst_work}/prefix -DWORK=${_inst_work}
       -DSOURCE_DIR=${CMAKE_CURRENT_SOURCE_DIR}/install_consumer -DCONFIG=$<CONFIG>
       -DINSTALL_LIBDIR=${CMAKE_INSTALL_LIBDIR} -DINSTALL_INCLUDEDIR=${CMAKE_INSTALL_INCLUDEDIR}
-      -DINSTALL_BINDIR=${CMAKE_INSTALL_BINDIR}
+      -DINSTALL_BINDIR=${CMAKE_INSTALL_BINDIR} -DINSTALL_DATADIR=${CMAKE_INSTALL_DATADIR}
+      -DPYTHON=${Python3_EXECUTABLE}
       -DVERSION=${PROJECT_VERSION} -DVERSION_MAJOR=${PROJECT_VERSION_MAJOR}
       -DGENERATOR=${CMAKE_GENERATOR} -DC_COMPILER=${CMAKE_C_COMPILER}
       -DNM=${CMAKE_NM} -DREADELF=${CMAKE_READELF} -DPKG_CONFIG=${CPATTN_PKG_CONFIG}

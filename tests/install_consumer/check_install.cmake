@@ -6,6 +6,8 @@
 #                   major version, installed binaries find libcpattn without LD_LIBRARY_PATH
 #   STEP=cmake      configure, build and run this folder's project with find_package(cpattn)
 #   STEP=pkgconfig  compile consumer.c (and consumer_mpi.c) with pkg-config's flags alone
+#   STEP=python     the installed PyTorch binding finds the installed library by itself and
+#                   its ctypes mirrors of the C structs match it (check_binding_abi.py)
 #
 # A step that cannot run here prints "cpattn-install-skip:" (CTest reports it skipped).
 cmake_minimum_required(VERSION 3.18)
@@ -140,6 +142,20 @@ elseif(STEP STREQUAL "pkgconfig")
     run_consumer("${WORK}/${prog}_pc" "(valid config accepted|2 ranks agree)")
   endforeach()
 
+elseif(STEP STREQUAL "python")
+  if(NOT PYTHON)
+    message(STATUS "cpattn-install-skip: no python3 found")
+    return()
+  endif()
+  unset(ENV{CPATTN_LIBRARY}) # the binding must find the library on its own
+  unset(ENV{PYTHONPATH})
+  set(script "${PREFIX}/${INSTALL_DATADIR}/cpattn/python/check_binding_abi.py")
+  run_or_fail("${script}" "${PYTHON}" "${script}")
+  if(NOT run_out MATCHES "library: ${LIBDIR}/libcpattn.so.${VERSION_MAJOR}\n.*all checks passed")
+    message(FATAL_ERROR "the installed binding did not load the installed library, or a check failed:\n${run_out}")
+  endif()
+  message(STATUS "${run_out}")
+
 else()
-  message(FATAL_ERROR "STEP must be install, exports, cmake or pkgconfig (got '${STEP}')")
+  message(FATAL_ERROR "STEP must be install, exports, cmake, pkgconfig or python (got '${STEP}')")
 endif()
