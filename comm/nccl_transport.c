@@ -139,11 +139,51 @@ static cpattnResult_t nccl_minmax(cpattnTransport_t *t, const int64_t *vals, int
   return cpattnSuccess;
 }
 
+/* cpattnCommSynchronize: poll the stream and NCCL's error state against a deadline. A
+ * stalled or dead peer leaves our NCCL kernels spinning on the device; only an abort of
+ * the communicator ends them, and only the owner of the communicator may do that. */
+static cpattnResult_t nccl_sync(struct cpattnComm *c, struct CUstream_st *stream, int64_t timeout_ms) {
+  cpaNcclState *s = c->tr.state;
+  if (s->broken || !s->comm)
+    return cpaError(cpattnRemoteError, "the NCCL communicator is unusable after an earlier error");
+  double deadline = timeout_ms < 0 ? -1 : now_ms() + (double)timeout_ms;
+  cudaError_t ce;
+  struct timespec nap = {0, 50000};
+  while ((ce = cudaStreamQuery(stream)) == cudaErrorNotReady) {
+    ncclResult_t ar = ncclSuccess;
+    if (ncclCommGetAsyncError(s->comm, &ar) == ncclSuccess && ar != ncclSuccess && ar != ncclInProgress) {
+      s->broken = 1;
+      if (s->own) {
+        ncclCommAbort(s->comm);
+        s->comm = NULL;
+      }
+      return cpaError(ar == ncclRemoteError ? cpattnRemoteError : cpattnNcclError,
+                      "cpattnCommSynchronize: NCCL reported %s%s", ncclGetErrorString(ar),
+                      s->own ? "; the communicator was aborted" : "");
+    }
+    if (deadline >= 0 && now_ms() > deadline) {
+      s->broken = 1;
+      if (s->own) {
+        ncclCommAbort(s->comm); /* ends the kernels still waiting for the peer */
+        s->comm = NULL;
+      }
+      return cpaError(cpattnTimeout,
+                      "cpattnCommSynchronize: the stream did not finish within %lld ms (a peer stalled or died); %s",
+                      (long long)timeout_ms,
+                      s->own ? "the communicator was aborted"
+                             : "the NCCL communicator is borrowed: its owner must abort it (ncclCommAbort)");
+    }
+    nanosleep(&nap, NULL);
+  }
+  if (ce != cudaSuccess) return cpaError(cpattnCudaError, "cpattnCommSynchronize: %s", cudaGetErrorString(ce));
+  return cpattnSuccess;
+}
+
 static void nccl_destroy(cpattnTransport_t *t) {
   cpaNcclState *s = t->state;
   if (!s) return;
   cudaSetDevice(t->device);
-  if (s->cs) cudaStreamSynchronize(s->cs);
+  if (s->cs && !s->broken) cudaStreamSynchronize(s->cs); /* broken: its kernels may never end */
   for (int i = 0; i < CPA_NCCL_SLOTS; ++i) {
     if (s->ready[i]) cudaEventDestroy(s->ready[i]);
     if (s->done[i]) cudaEventDestroy(s->done[i]);
@@ -201,7 +241,9 @@ cpattnResult_t cpaNcclTransportInit(cpattnComm_t *comm, ncclComm_t nccl, int dev
     nccl_destroy(&t);
     return cpaError(cpattnNcclError, "querying the NCCL communicator: %s", ncclGetErrorString(r));
   }
-  return cpattnCommInitTransport(comm, &t);
+  cpattnResult_t res = cpattnCommInitTransport(comm, &t);
+  if (res == cpattnSuccess) (*comm)->sync = nccl_sync;
+  return res;
 }
 
 CPATTN_API cpattnResult_t cpattnCommInitNccl(cpattnComm_t *comm, struct ncclComm *nccl, int cudaDevice) {

@@ -300,6 +300,26 @@ CPATTN_API cpattnResult_t cpattnCommDestroy(cpattnComm_t comm);
 CPATTN_API cpattnResult_t cpattnCommGetRank(cpattnComm_t comm, int *rank);
 CPATTN_API cpattnResult_t cpattnCommGetSize(cpattnComm_t comm, int *size);
 
+/* Waits on the host, bounded, until the work enqueued on `stream` is done (a cpattn call's
+ * included). cpattnForward/Backward on the CUDA executor only enqueue work: a peer that
+ * stalled or died shows up later, as NCCL kernels that never finish, and a plain
+ * cudaStreamSynchronize would hang on them. This polls the stream and the NCCL
+ * communicator's asynchronous error instead, up to timeoutMs (0: CPATTN_TIMEOUT or its
+ * default; -1: no bound), and returns:
+ *   cpattnSuccess      the stream is idle;
+ *   cpattnRemoteError  NCCL reported an error (a peer failed);
+ *   cpattnTimeout      the bound passed. A communicator cpattn owns (cpattnCommInitNcclOwned,
+ *                      cpattnCommInitNcclRank, cpattnCommInitNcclFromMpi) is aborted, which
+ *                      ends its kernels; a borrowed one (cpattnCommInitNccl) is left to its
+ *                      owner to abort (ncclCommAbort), since cpattn cannot know who else
+ *                      uses it;
+ *   cpattnCudaError    the stream failed.
+ * After a Timeout or RemoteError the communicator is unusable: destroy its plans and it.
+ * Host executor communicators: returns cpattnSuccess at once (their calls return only
+ * when done, with their own bound). A custom CUDA transport (cpattn_transport.h) has no
+ * hook for this: cpattnNotSupported. */
+CPATTN_API cpattnResult_t cpattnCommSynchronize(cpattnComm_t comm, struct CUstream_st *stream, int64_t timeoutMs);
+
 /* ------------------------------------------------------------------------------------ */
 /* Plans                                                                                 */
 /* ------------------------------------------------------------------------------------ */

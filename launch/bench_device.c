@@ -21,7 +21,7 @@ static double now_ms(void) {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
 }
-static double host_t0;
+static double host_t0, host_t1;
 
 int bench_gpu_count(void) {
 #ifdef CPATTN_HAVE_CUDA
@@ -134,18 +134,27 @@ void bench_timer_start(BenchDev *d) {
   host_t0 = now_ms();
 }
 
-double bench_timer_stop(BenchDev *d) {
+void bench_timer_stop(BenchDev *d) {
+#ifdef CPATTN_HAVE_CUDA
+  if (d->cuda) {
+    cudaEventRecord((cudaEvent_t)d->ev[1], d->stream);
+    return;
+  }
+#endif
+  host_t1 = now_ms();
+}
+
+double bench_timer_ms(BenchDev *d) {
 #ifdef CPATTN_HAVE_CUDA
   if (d->cuda) {
     float ms = 0;
-    cudaEventRecord((cudaEvent_t)d->ev[1], d->stream);
     if (cudaEventSynchronize((cudaEvent_t)d->ev[1]) != cudaSuccess) return -1.0;
-    cudaEventElapsedTime(&ms, (cudaEvent_t)d->ev[0], (cudaEvent_t)d->ev[1]);
+    if (cudaEventElapsedTime(&ms, (cudaEvent_t)d->ev[0], (cudaEvent_t)d->ev[1]) != cudaSuccess) return -1.0;
     return ms;
   }
 #endif
   (void)d;
-  return now_ms() - host_t0;
+  return host_t1 - host_t0;
 }
 
 int bench_sync(BenchDev *d) {

@@ -31,10 +31,12 @@ int bench_download(BenchDev *d, void *dst, const void *src, size_t bytes);
 int bench_memset(BenchDev *d, void *p, int value, size_t bytes);
 
 /* Timing of work enqueued between start and stop (events on the GPU, a clock on the
- * host); stop waits for the work and returns milliseconds, or a negative value on a
- * device error. */
+ * host). stop only marks the end; once the work is done (bench_sync, or the bounded
+ * cpattnCommSynchronize that the timed runs use, so a stalled peer cannot hang the
+ * bench) bench_timer_ms returns the milliseconds, or a negative value on a device error. */
 void bench_timer_start(BenchDev *d);
-double bench_timer_stop(BenchDev *d);
+void bench_timer_stop(BenchDev *d);
+double bench_timer_ms(BenchDev *d);
 int bench_sync(BenchDev *d);
 
 /* Bytes of device memory in use (GPU) or the peak resident set (host). */

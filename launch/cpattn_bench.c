@@ -286,7 +286,8 @@ static int barrier_bounded(int64_t timeout_ms) {
 }
 
 /* Median time of `iters` runs of fwd (which = 0) or bwd (1) after `warmup` runs. */
-static int time_runs(const Args *a, cpattnPlan_t plan, Tensors *t, BenchDev *d, int which, double *ms) {
+static int time_runs(const Args *a, cpattnComm_t comm, cpattnPlan_t plan, Tensors *t, BenchDev *d, int which,
+                     double *ms) {
   double *v = malloc(sizeof(double) * (size_t)a->iters);
   for (int it = -a->warmup; it < a->iters; ++it) {
     /* the library's bound: config->timeoutMs, else CPATTN_TIMEOUT, else its default */
@@ -305,7 +306,11 @@ static int time_runs(const Args *a, cpattnPlan_t plan, Tensors *t, BenchDev *d, 
     maybe_fault(a, it + a->warmup);
     bench_timer_start(d);
     cpattnResult_t res = which ? run_bwd(plan, t, d) : run_fwd(plan, t, d);
-    double x = bench_timer_stop(d);
+    bench_timer_stop(d);
+    /* On a GPU the call only enqueued work: a peer that stalls shows up here, as NCCL
+     * kernels that never end. The bounded wait turns that into cpattnTimeout. */
+    if (res == cpattnSuccess) res = cpattnCommSynchronize(comm, d->stream, bound);
+    double x = res == cpattnSuccess ? bench_timer_ms(d) : -1.0;
     if (res != cpattnSuccess || x < 0) {
       fprintf(stderr, "cpattn-bench: rank %d: %s failed: %s: %s\n", g_rank, which ? "cpattnBackward" : "cpattnForward",
               cpattnGetErrorString(res), res == cpattnSuccess ? "device error" : cpattnGetLastError());
@@ -454,7 +459,7 @@ int main(int argc, char **argv) {
 
   RankResult r;
   memset(&r, 0, sizeof r);
-  int fail = time_runs(&a, plan, &t, &dev, 0, &r.fwd) || time_runs(&a, plan, &t, &dev, 1, &r.bwd);
+  int fail = time_runs(&a, comm, plan, &t, &dev, 0, &r.fwd) || time_runs(&a, comm, plan, &t, &dev, 1, &r.bwd);
   if (fail) give_up();
   double err[5] = {0, 0, 0, 0, 0};
   int check_failed = 0;
@@ -464,9 +469,9 @@ int main(int argc, char **argv) {
     Args b = a;
     b.warmup = 1;
     cpattnPlanSetProfile(plan, cpattnProfileComputeOnly);
-    fail |= time_runs(&b, plan, &t, &dev, 0, &r.fwd_comp) || time_runs(&b, plan, &t, &dev, 1, &r.bwd_comp);
+    fail |= time_runs(&b, comm, plan, &t, &dev, 0, &r.fwd_comp) || time_runs(&b, comm, plan, &t, &dev, 1, &r.bwd_comp);
     cpattnPlanSetProfile(plan, cpattnProfileCommOnly);
-    fail |= time_runs(&b, plan, &t, &dev, 0, &r.fwd_comm) || time_runs(&b, plan, &t, &dev, 1, &r.bwd_comm);
+    fail |= time_runs(&b, comm, plan, &t, &dev, 0, &r.fwd_comm) || time_runs(&b, comm, plan, &t, &dev, 1, &r.bwd_comm);
     cpattnPlanSetProfile(plan, cpattnProfileNormal);
     if (fail) give_up();
   } else {

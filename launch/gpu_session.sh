@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # gpu_session.sh -- build, test and benchmark cpattn on a GPU machine in one go.
 #
-#   bash launch/gpu_session.sh build test bench torch     (any subset, in that order)
+#   bash launch/gpu_session.sh build test sanitize matrix faults examples binding bench torch long pack
+#   (any subset; stages run in the order given)
 #
 # Used on the lent GPU machines (Ubuntu 24.04, CUDA 13, cuDNN 9.19 inside PyTorch's
 # environment, NCCL 2.28, Open MPI 4.1, no network): cmocka comes as Debian packages in
@@ -54,6 +55,33 @@ for stage in "$@"; do
       grep -E "^=========" "$OUT/sanitize_$tool.log" | head -80 >>"$OUT/sanitize_summary.txt"
     done
     ;;
+  matrix)
+    step "cpattn-bench --check on $NGPU GPU(s): every schedule x mask x layout (tests/bench_check_matrix.sh)"
+    MATRIX_EXECUTOR=cuda timeout 420 bash tests/bench_check_matrix.sh mpirun "$NGPU" "$BUILD/launch/cpattn-bench" \
+      --oversubscribe --bind-to none >"$OUT/matrix.log" 2>&1
+    echo "exit $?"; grep -E "^(ok|FAIL)|runs," "$OUT/matrix.log" | cut -c1-150
+    ;;
+  faults)
+    step "fault injection on GPUs: a stalled and a dead peer (bounded wait, NCCL abort), a config mismatch"
+    for c in stall exit mismatch; do
+      FAULT_EXECUTOR=cuda timeout 120 sh tests/test_faults.sh $c "$BUILD/launch/cpattn-bench" mpirun -np \
+        --oversubscribe --bind-to none >"$OUT/fault_$c.log" 2>&1
+      echo "$c: exit $?"; grep -E "exit status|FAIL|cpattn-bench: rank" "$OUT/fault_$c.log" | head -8
+    done
+    ;;
+  examples)
+    step "examples: MPI bootstrap forward+backward, and a trainer's borrowed ncclComm_t"
+    for ex in mpi_forward_backward borrow_nccl; do
+      timeout 120 $MPIRUN -np "$NGPU" "$BUILD/examples/$ex" </dev/null >"$OUT/example_$ex.log" 2>&1
+      echo "$ex: exit $?"; tail -4 "$OUT/example_$ex.log"
+    done
+    ;;
+  binding)
+    step "PyTorch binding on $NGPU GPU(s): values, gradients, a training loop against SDPA"
+    CPATTN_LIBRARY=$BUILD/libcpattn.so PYTHONPATH=python timeout 300 torchrun --nproc_per_node="$NGPU" \
+      python/test_torch_binding.py >"$OUT/binding.log" 2>&1
+    echo "exit $?"; grep -v "^W\|^\[W" "$OUT/binding.log" | tail -25
+    ;;
   bench)
     step "cpattn-bench on $NGPU GPU(s): check, then the performance matrix (JSON lines in bench.jsonl)"
     B="$BUILD/launch/cpattn-bench"
@@ -92,6 +120,10 @@ PY
     echo "exit $?"
     timeout 120 torchrun --nproc_per_node="$NGPU" launch/torch_baseline.py --seq 131072 --kv-heads 8 --no-causal >"$OUT/torch_gqa.log" 2>&1
     echo "exit $?"; grep -h "^JSON" "$OUT/torch.log" "$OUT/torch_gqa.log" | cut -c6- | tee "$OUT/torch.jsonl" | cut -c1-400
+    ;;
+  pack)
+    # Only 8 files come back from a lent machine: everything in one archive.
+    (cd "$OUT" && tar czf logs.tgz --exclude=logs.tgz --remove-files -- *) && echo "packed $(du -h "$OUT/logs.tgz" | cut -f1)"
     ;;
   esac
 done

@@ -14,6 +14,9 @@ struct cpattnComm {
    * plan cache); created by the first CUDA plan, released with the communicator. */
   void *cuda_shared;
   void (*cuda_shared_free)(void *);
+  /* Bounded host wait on a stream (cpattnCommSynchronize); set by the transports that
+   * can poll their own error state (the NCCL one), NULL otherwise. */
+  cpattnResult_t (*sync)(struct cpattnComm *c, struct CUstream_st *stream, int64_t timeout_ms);
 };
 
 #endif /* CPATTN_SRC_COMM_H_ */

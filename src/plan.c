@@ -55,6 +55,18 @@ CPATTN_API cpattnResult_t cpattnCommDestroy(cpattnComm_t comm) {
   return cpattnSuccess;
 }
 
+CPATTN_API cpattnResult_t cpattnCommSynchronize(cpattnComm_t comm, struct CUstream_st *stream, int64_t timeoutMs) {
+  cpaClearError();
+  CPA_REQUIRE(comm != NULL, "comm must not be NULL");
+  CPA_REQUIRE(timeoutMs >= -1, "timeoutMs = %lld must be -1 (no bound), 0 (CPATTN_TIMEOUT) or positive",
+              (long long)timeoutMs);
+  if (comm->tr.kind == cpattnExecutorHost) return cpattnSuccess; /* host calls are already complete */
+  if (!comm->sync)
+    return cpaError(cpattnNotSupported, "cpattnCommSynchronize: this communicator's transport has no bounded wait; "
+                    "use cudaStreamSynchronize");
+  return comm->sync(comm, stream, timeoutMs == 0 ? cpaParamInt(CPA_PARAM_TIMEOUT_MS) : timeoutMs);
+}
+
 CPATTN_API cpattnResult_t cpattnCommGetRank(cpattnComm_t comm, int *rank) {
   cpaClearError();
   CPA_REQUIRE(comm != NULL && rank != NULL, "comm and rank must not be NULL");

@@ -302,6 +302,12 @@ static void test_usage_errors(void **state) {
   size_t bytes;
   expect(cpattnPlanGetWorkspaceSize(NULL, &bytes), cpattnInvalidArgument, "plan", "workspace query");
   expect(cpattnCommInitTransport(NULL, NULL), cpattnInvalidArgument, "transport must not be NULL", "transport");
+  /* The bounded wait: its arguments, and a host communicator, whose calls are complete
+   * when they return, has nothing to wait for. (The GPU side: reliability_gpu_*.) */
+  expect(cpattnCommSynchronize(NULL, NULL, 0), cpattnInvalidArgument, "comm must not be NULL", "sync NULL comm");
+  expect(cpattnCommSynchronize(f->comm, NULL, -2), cpattnInvalidArgument, "timeoutMs", "sync bad timeout");
+  assert_int_equal(cpattnCommSynchronize(f->comm, NULL, 0), cpattnSuccess);
+  assert_int_equal(cpattnCommSynchronize(f->comm, NULL, -1), cpattnSuccess);
 }
 
 static void test_every_status_has_a_string(void **state) {

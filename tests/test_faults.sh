@@ -21,10 +21,24 @@ np=$4
 shift 4
 # What is left in "$@" are the launcher's own flags (--oversubscribe, --allow-run-as-root).
 
-# A small problem that runs in well under a second on the host executor, so that the
-# time a test takes is the timeout under test and nothing else.
-small="--executor host --seq 64 --kv-heads 2 --head-dim 8 --iters 1 --warmup 1 --no-check --no-profile"
-timeout_ms=2000
+# A small problem that runs in well under a second, so that the time a test takes is the
+# timeout under test and nothing else. FAULT_EXECUTOR=cuda runs the same cases on GPUs
+# (one per rank; exit 77 = skipped with fewer than two): there a stalled or dead peer
+# leaves NCCL kernels spinning on the device, and the survivor's bounded wait
+# (cpattnCommSynchronize in the bench) must abort its communicator and report.
+executor=${FAULT_EXECUTOR:-host}
+if [ "$executor" = cuda ]; then
+  ngpu=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU") || ngpu=0
+  if [ "$case_name" != mismatch ] && [ "$ngpu" -lt 2 ]; then
+    echo "SKIP: $case_name on GPUs needs 2 GPUs, $ngpu visible"
+    exit 77
+  fi
+  small="--executor cuda --seq 4096 --kv-heads 2 --head-dim 64 --iters 1 --warmup 1 --no-check --no-profile"
+  timeout_ms=5000 # the first call on a GPU loads kernels: the bound must not catch that
+else
+  small="--executor host --seq 64 --kv-heads 2 --head-dim 8 --iters 1 --warmup 1 --no-check --no-profile"
+  timeout_ms=2000
+fi
 # The bound: the survivors report within the timeout plus 10 s.
 bound_s=$((timeout_ms / 1000 + 10))
 # A hard stop well past the bound, so that a hang fails this test with a message of its
