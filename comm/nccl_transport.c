@@ -33,6 +33,7 @@ typedef struct {
   cudaEvent_t ready[CPA_NCCL_SLOTS], done[CPA_NCCL_SLOTS];
   int next;
   int64_t *agree_buf; /* device scratch for minmax */
+  struct cpattnComm *owner; /* the communicator holding this transport (its call_timeout_ms) */
 } cpaNcclState;
 
 static double now_ms(void) {
@@ -41,16 +42,25 @@ static double now_ms(void) {
   return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
 }
 
+/* Only the owner of a communicator may abort it: a borrowed one (cpattnCommInitNccl) is
+ * the caller's, who may still hold and destroy it. Aborting ends our kernels that wait
+ * for a peer that will never come. */
+static void abort_if_owned(cpaNcclState *s) {
+  if (s->own && s->comm) {
+    ncclCommAbort(s->comm);
+    s->comm = NULL;
+  }
+}
+
 /* Waits until the communicator's pending non-blocking operation settles. */
 static cpattnResult_t settle(cpaNcclState *s, ncclResult_t r, const char *what, int64_t timeout_ms) {
   double deadline = timeout_ms < 0 ? -1 : now_ms() + (double)timeout_ms;
   while (r == ncclInProgress) {
     if (deadline >= 0 && now_ms() > deadline) {
       s->broken = 1;
-      ncclCommAbort(s->comm);
-      s->comm = NULL;
-      return cpaError(cpattnTimeout, "%s: NCCL made no progress within %lld ms; the communicator was aborted", what,
-                      (long long)timeout_ms);
+      abort_if_owned(s);
+      return cpaError(cpattnTimeout, "%s: NCCL made no progress within %lld ms (a peer stalled or died); %s", what,
+                      (long long)timeout_ms, s->own ? "the communicator was aborted" : "its owner must abort it");
     }
     if (ncclCommGetAsyncError(s->comm, &r) != ncclSuccess) break;
   }
@@ -80,7 +90,8 @@ static cpattnResult_t nccl_exchange(cpattnTransport_t *t, const cpattnXfer_t *se
     if (sends[i].bytes) r = ncclSend(sends[i].buf, sends[i].bytes, ncclUint8, sends[i].peer, s->comm, s->cs);
   ncclResult_t g = ncclGroupEnd();
   if (r == ncclSuccess) r = g;
-  CPA_CHECK(settle(s, r, "NCCL send/recv", cpaParamInt(CPA_PARAM_TIMEOUT_MS)));
+  int64_t bound = s->owner && s->owner->call_timeout_ms ? s->owner->call_timeout_ms : cpaParamInt(CPA_PARAM_TIMEOUT_MS);
+  CPA_CHECK(settle(s, r, "NCCL send/recv", bound));
   ce = cudaEventRecord(s->done[slot], s->cs);
   if (ce != cudaSuccess) return cpaError(cpattnCudaError, "ordering an exchange: %s", cudaGetErrorString(ce));
   *handle = slot;
@@ -124,10 +135,9 @@ static cpattnResult_t nccl_minmax(cpattnTransport_t *t, const int64_t *vals, int
     if (ar != ncclSuccess && ar != ncclInProgress) return settle(s, ar, "agreement check", timeout_ms);
     if (deadline >= 0 && now_ms() > deadline) {
       s->broken = 1;
-      ncclCommAbort(s->comm);
-      s->comm = NULL;
-      return cpaError(cpattnTimeout, "agreement check: a peer did not answer within %lld ms; communicator aborted",
-                      (long long)timeout_ms);
+      abort_if_owned(s);
+      return cpaError(cpattnTimeout, "agreement check: a peer did not answer within %lld ms; %s",
+                      (long long)timeout_ms, s->own ? "the communicator was aborted" : "its owner must abort it");
     }
     struct timespec ts = {0, 100000};
     nanosleep(&ts, NULL);
@@ -153,20 +163,14 @@ static cpattnResult_t nccl_sync(struct cpattnComm *c, struct CUstream_st *stream
     ncclResult_t ar = ncclSuccess;
     if (ncclCommGetAsyncError(s->comm, &ar) == ncclSuccess && ar != ncclSuccess && ar != ncclInProgress) {
       s->broken = 1;
-      if (s->own) {
-        ncclCommAbort(s->comm);
-        s->comm = NULL;
-      }
+      abort_if_owned(s);
       return cpaError(ar == ncclRemoteError ? cpattnRemoteError : cpattnNcclError,
                       "cpattnCommSynchronize: NCCL reported %s%s", ncclGetErrorString(ar),
                       s->own ? "; the communicator was aborted" : "");
     }
     if (deadline >= 0 && now_ms() > deadline) {
       s->broken = 1;
-      if (s->own) {
-        ncclCommAbort(s->comm); /* ends the kernels still waiting for the peer */
-        s->comm = NULL;
-      }
+      abort_if_owned(s);
       return cpaError(cpattnTimeout,
                       "cpattnCommSynchronize: the stream did not finish within %lld ms (a peer stalled or died); %s",
                       (long long)timeout_ms,
@@ -242,7 +246,10 @@ cpattnResult_t cpaNcclTransportInit(cpattnComm_t *comm, ncclComm_t nccl, int dev
     return cpaError(cpattnNcclError, "querying the NCCL communicator: %s", ncclGetErrorString(r));
   }
   cpattnResult_t res = cpattnCommInitTransport(comm, &t);
-  if (res == cpattnSuccess) (*comm)->sync = nccl_sync;
+  if (res == cpattnSuccess) {
+    (*comm)->sync = nccl_sync;
+    s->owner = *comm;
+  }
   return res;
 }
 

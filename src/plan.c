@@ -197,6 +197,7 @@ CPATTN_API cpattnResult_t cpattnForward(cpattnPlan_t plan, const cpattnTensor_t 
                                         void *workspace, size_t workspaceBytes, struct CUstream_st *stream) {
   cpaClearError();
   CPA_REQUIRE(plan != NULL, "plan must not be NULL");
+  plan->comm->call_timeout_ms = plan->eng.pb.timeout_ms; /* for transports whose exchange may block */
   cpaNvtxPush("cpattnForward");
   cpattnResult_t res = cpaEngineForward(&plan->eng, q, k, v, o, lse, workspace, workspaceBytes, stream);
   cpaNvtxPop();
@@ -210,6 +211,7 @@ CPATTN_API cpattnResult_t cpattnBackward(cpattnPlan_t plan, const cpattnTensor_t
                                          size_t workspaceBytes, struct CUstream_st *stream) {
   cpaClearError();
   CPA_REQUIRE(plan != NULL, "plan must not be NULL");
+  plan->comm->call_timeout_ms = plan->eng.pb.timeout_ms; /* for transports whose exchange may block */
   cpaNvtxPush("cpattnBackward");
   cpattnResult_t res =
       cpaEngineBackward(&plan->eng, q, k, v, o, do_, lse, dq, dk, dv, workspace, workspaceBytes, stream);
