@@ -52,13 +52,15 @@ for stage in "$@"; do
     # API probes and cuDNN's generated Hopper kernels show up and are not ours.
     for np in 1 $NGPU; do
       for tool in memcheck racecheck; do
+        # one tool log per rank: two ranks writing one file interleave their reports
         timeout 200 $MPIRUN -np $np compute-sanitizer --tool $tool --print-limit 200 \
-          "$BUILD/tests/test_gpu_attention" --quick >"$OUT/sanitize_${tool}_np$np.log" 2>&1
-        echo "$tool np$np: exit $?"
+          --log-file "$OUT/sanitize_${tool}_np${np}_rank%q{OMPI_COMM_WORLD_RANK}.log" \
+          "$BUILD/tests/test_gpu_attention" --quick >"$OUT/sanitize_${tool}_np$np.out" 2>&1
+        echo "$tool np$np: exit $?, test: $(grep -c "PASSED" "$OUT/sanitize_${tool}_np$np.out") rank(s) PASSED of $np"
       done
       [ "$np" -gt 1 ] || [ "$NGPU" -gt 1 ] || break
     done
-    python3 launch/sanitize_verdict.py "$OUT"/sanitize_*.log | tee "$OUT/sanitize_verdict.txt"
+    python3 launch/sanitize_verdict.py "$OUT"/sanitize_*_rank*.log | tee "$OUT/sanitize_verdict.txt"
     ;;
   matrix)
     step "cpattn-bench --check on $NGPU GPU(s): every schedule x mask x layout (tests/bench_check_matrix.sh)"

@@ -9,12 +9,17 @@ ours to fix:
   * CUDA API errors raised inside NCCL (it probes its kernels with
     cudaFuncGetAttributes and gets "no kernel image" for the architectures it was not
     built for; NCCL handles that error itself);
-  * racecheck hazards inside cuDNN's generated Hopper kernels (cudnn_generated_*): they
-    order shared memory with TMA and mbarrier transactions, which racecheck does not
-    model, so it reports their pipelined buffers as races.
+  * racecheck hazards inside cuDNN's generated Hopper kernels (cudnn_generated_*) and
+    NCCL's send/recv kernel (ncclDevKernel_SendRecv): they order shared memory with TMA,
+    mbarrier transactions or flag polling, which racecheck does not model, so it reports
+    their pipelined buffers as races. A report whose kernel name the tool could not
+    resolve is counted apart (seen once, beside the same cuDNN kernel's report from the
+    other rank, with the same hazard count).
 Each report is attributed by its kernel name or, for API errors, by the host frames of
-its backtrace. Prints one line per log and exits 1 if any report is not attributed to
-NCCL or cuDNN, or if the log lacks the test's PASSED line.
+its backtrace. Give each rank its own log (compute-sanitizer --log-file): two ranks
+writing one file interleave their reports' lines. Prints one line per log and exits 1
+if any report is not attributed to NCCL or cuDNN. (Whether the test itself passed is
+the caller's to check, from the program's own output.)
 """
 import re
 import sys
@@ -43,11 +48,19 @@ def blocks(lines):
 def owner(block):
     head = block[0]
     text = "\n".join(block)
-    kernels = re.findall(r"at (\S+?)\+0x", text)
     if head.startswith("Program hit"):
         return "nccl-api" if "libnccl" in text and "libcpattn" not in text else "ours"
-    if kernels and all(k.startswith("cudnn_generated") for k in kernels):
+    # Each access names its kernel: "... access at KERNEL+0xOFFSET", or nothing at all
+    # when the tool could not resolve the symbol (cpattn's kernels are ordinary,
+    # symbol-carrying kernels of libcpattn: they always resolve).
+    sites = re.findall(r"access at (\S*)", text) or re.findall(r"at (\S+?)\+0x", text)
+    names = [x.split("+0x")[0] for x in sites]
+    if names and all(n.startswith("cudnn_generated") for n in names):
         return "cudnn-kernel"
+    if names and all(n.startswith("ncclDevKernel") for n in names):
+        return "nccl-kernel"
+    if names and all(n == "" for n in names):
+        return "unnamed"
     return "ours"
 
 
@@ -55,7 +68,7 @@ def main(paths):
     bad = 0
     for path in paths:
         lines = open(path, errors="replace").read().splitlines()
-        counts = {"ours": 0, "nccl-api": 0, "cudnn-kernel": 0}
+        counts = {"ours": 0, "nccl-api": 0, "nccl-kernel": 0, "cudnn-kernel": 0, "unnamed": 0}
         examples = []
         for b in blocks(lines):
             head = b[0]
@@ -68,10 +81,10 @@ def main(paths):
             counts[who] += 1
             if who == "ours" and len(examples) < 5:
                 examples.append(" | ".join(x.strip() for x in b[:3]))
-        passed = any("PASSED" in x for x in lines)
-        verdict = "clean" if counts["ours"] == 0 and passed else "NOT CLEAN"
+        verdict = "clean" if counts["ours"] == 0 else "NOT CLEAN"
         print(f"{path}: {verdict}: cpattn {counts['ours']}, NCCL API probes {counts['nccl-api']}, "
-              f"cuDNN generated kernels {counts['cudnn-kernel']}; test {'PASSED' if passed else 'did not pass'}")
+              f"NCCL kernels {counts['nccl-kernel']}, cuDNN generated kernels {counts['cudnn-kernel']}, "
+              f"unresolved kernel names {counts['unnamed']}")
         for e in examples:
             print("   ", e[:300])
         bad |= verdict != "clean"
