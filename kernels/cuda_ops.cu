@@ -83,9 +83,22 @@ __device__ __forceinline__ int find_range(const int64_t *prefix, int nranges, in
   return lo;
 }
 
-/* One warp per (row, head): the lanes share the two LSE values and walk the head dim. */
+/* CPA_CU_FIRST / CPA_CU_LAST for row t of a call (cuda_ops.h); warp-uniform. */
+__device__ __forceinline__ int route_mode(const cpaCuRoute &rt, int64_t t, int64_t rpb) {
+  if (!rt.allow) return 0;
+  int64_t r = t % rpb;
+  int mode = 0;
+  if ((rt.allow & CPA_CU_FIRST) && rt.first[r] == rt.call) mode |= CPA_CU_FIRST;
+  if ((rt.allow & CPA_CU_LAST) && rt.last[r] == rt.call) mode |= CPA_CU_LAST;
+  return mode;
+}
+
+/* One warp per (row, head): the lanes share the two LSE values and walk the head dim.
+ * The destination (accumulator or route.out) is chosen per row, so a call may finish
+ * some of its rows and leave others to later calls. */
 __global__ void merge_kernel(cpaCuView acc_o, cpaCuView acc_lse, cpaCuView part, const float *stats,
-                             const cpaCuRange *ranges, const int64_t *prefix, int nranges, int64_t total) {
+                             const cpaCuRange *ranges, const int64_t *prefix, int nranges, int64_t total,
+                             cpaCuRoute rt) {
   int heads = acc_o.heads;
   int64_t warps = total * heads;
   int lane = threadIdx.x & 31;
@@ -96,37 +109,69 @@ __global__ void merge_kernel(cpaCuView acc_o, cpaCuView acc_lse, cpaCuView part,
     int ri = find_range(prefix, nranges, g);
     const cpaCuRange rg = ranges[ri];
     int64_t i = g - prefix[ri], t = rg.row0 + i;
+    int mode = route_mode(rt, t, acc_o.rpb);
     float *lse_p = static_cast<float *>(acc_lse.data) + row_off(acc_lse, t) + h * acc_lse.hs;
-    float l1 = *lse_p, l2 = stats[rg.stats_off + i * rg.stats_rs + h * rg.stats_hs];
-    /* Stable in every case: a side at -inf gets weight 0, both -inf keeps (0, -inf). */
-    float m = fmaxf(l1, l2);
+    float l2 = stats[rg.stats_off + i * rg.stats_rs + h * rg.stats_hs];
     float w1 = 0.f, w2 = 0.f, l = -INFINITY;
-    if (m != -INFINITY) {
-      float e1 = __expf(l1 - m), e2 = __expf(l2 - m), s = e1 + e2;
-      l = m + __logf(s);
-      w1 = e1 / s;
-      w2 = e2 / s;
+    if (mode & CPA_CU_FIRST) {
+      /* Merged with (0, -inf): the part itself, exactly; the accumulator is not read. */
+      l = l2;
+      w2 = l2 == -INFINITY ? 0.f : 1.f;
+    } else {
+      float l1 = *lse_p;
+      /* Stable in every case: a side at -inf gets weight 0, both -inf keeps (0, -inf). */
+      float m = fmaxf(l1, l2);
+      if (m != -INFINITY) {
+        float e1 = __expf(l1 - m), e2 = __expf(l2 - m), s = e1 + e2;
+        l = m + __logf(s);
+        w1 = e1 / s;
+        w2 = e2 / s;
+      }
     }
-    float *o = static_cast<float *>(acc_o.data) + row_off(acc_o, t) + h * acc_o.hs;
+    const float *o = static_cast<const float *>(acc_o.data) + row_off(acc_o, t) + h * acc_o.hs; /* read if w1 > 0 */
     int64_t po = row_off(part, t) + h * part.hs;
+    /* Last touch: the merged row goes to the final output (e.g. the user's bf16 O through
+     * its strides), never back to the accumulator. */
+    void *dst = acc_o.data;
+    int dt = acc_o.dtype;
+    int64_t od = row_off(acc_o, t) + h * acc_o.hs;
+    if (mode & CPA_CU_LAST) {
+      dst = rt.out.data;
+      dt = rt.out.dtype;
+      od = row_off(rt.out, t) + h * rt.out.hs;
+    }
     for (int d = lane; d < acc_o.dim; d += 32) {
       float x = w2 > 0.f ? load(part.data, part.dtype, po + d) : 0.f; /* 0 * NaN must not leak */
-      o[d] = (w1 > 0.f ? w1 * o[d] : 0.f) + w2 * x;
+      store(dst, dt, od + d, (w1 > 0.f ? w1 * o[d] : 0.f) + w2 * x);
     }
-    __syncwarp();
-    if (lane == 0) *lse_p = l;
+    __syncwarp(); /* every lane has read *lse_p before lane 0 overwrites it */
+    if (lane == 0) {
+      if (mode & CPA_CU_LAST) store(rt.out_lse.data, rt.out_lse.dtype, row_off(rt.out_lse, t) + h * rt.out_lse.hs, l);
+      else *lse_p = l;
+    }
   }
 }
 
 __global__ void accumulate_kernel(cpaCuView acc, cpaCuView part, const cpaCuRange *ranges, const int64_t *prefix,
-                                  int nranges, int64_t total) {
+                                  int nranges, int64_t total, cpaCuRoute rt) {
   int lane = threadIdx.x & 31;
   FOR_EACH_ROW_HEAD(total, acc.heads, g, h) {
     int ri = find_range(prefix, nranges, g);
     int64_t t = ranges[ri].row0 + (g - prefix[ri]);
+    int mode = route_mode(rt, t, acc.rpb);
     float *p = static_cast<float *>(acc.data) + row_off(acc, t) + h * acc.hs;
     int64_t op = row_off(part, t) + h * part.hs;
-    for (int d = lane; d < acc.dim; d += 32) p[d] += load(part.data, part.dtype, op + d);
+    if (mode & CPA_CU_LAST) {
+      int64_t od = row_off(rt.out, t) + h * rt.out.hs;
+      for (int d = lane; d < acc.dim; d += 32) {
+        float x = load(part.data, part.dtype, op + d);
+        store(rt.out.data, rt.out.dtype, od + d, mode & CPA_CU_FIRST ? x : p[d] + x);
+      }
+    } else if (mode & CPA_CU_FIRST) {
+      for (int d = lane; d < acc.dim; d += 32) p[d] = load(part.data, part.dtype, op + d);
+    } else {
+      for (int d = lane; d < acc.dim; d += 32) p[d] += load(part.data, part.dtype, op + d);
+    }
   }
 }
 
@@ -175,18 +220,19 @@ int cpaCuAdd(const cpaCuView *dst, const cpaCuView *src, int64_t nrows, cudaStre
 }
 
 int cpaCuMerge(const cpaCuView *acc_o, const cpaCuView *acc_lse, const cpaCuView *part, const float *stats,
-               const cpaCuRange *ranges, const int64_t *prefix, int nranges, int64_t total, cudaStream_t stream) {
+               const cpaCuRange *ranges, const int64_t *prefix, int nranges, int64_t total, const cpaCuRoute *route,
+               cudaStream_t stream) {
   if (total <= 0 || nranges <= 0) return 0;
   merge_kernel<<<warp_blocks(total * acc_o->heads), kThreads, 0, stream>>>(*acc_o, *acc_lse, *part, stats, ranges,
-                                                                                prefix, nranges, total);
+                                                                                prefix, nranges, total, *route);
   return static_cast<int>(cudaGetLastError());
 }
 
 int cpaCuAccumulate(const cpaCuView *acc, const cpaCuView *part, const cpaCuRange *ranges, const int64_t *prefix,
-                    int nranges, int64_t total, cudaStream_t stream) {
+                    int nranges, int64_t total, const cpaCuRoute *route, cudaStream_t stream) {
   if (total * acc->heads * acc->dim <= 0 || nranges <= 0) return 0;
   accumulate_kernel<<<warp_blocks(total * acc->heads), kThreads, 0, stream>>>(*acc, *part, ranges, prefix, nranges,
-                                                                             total);
+                                                                             total, *route);
   return static_cast<int>(cudaGetLastError());
 }
 

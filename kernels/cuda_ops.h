@@ -44,16 +44,34 @@ int cpaCuCopy(const cpaCuView *dst, const cpaCuView *src, int64_t nrows, const i
 /* dst (fp32) row t += src row t. */
 int cpaCuAdd(const cpaCuView *dst, const cpaCuView *src, int64_t nrows, struct CUstream_st *stream);
 
+/* First/last-touch routing of one call's merge or accumulation (executor.h). Row t of
+ * the ranges is row r = t % rpb of its batch element, rpb the accumulator's rows per
+ * batch; with `allow` & CPA_CU_FIRST and first[r] == call the row is the call's first
+ * touch, with `allow` & CPA_CU_LAST and last[r] == call its last (first, last: device
+ * int32 arrays of rpb entries; last may be NULL where allow has no CPA_CU_LAST).
+ * allow = 0: every row plain, the arrays unused. */
+#define CPA_CU_FIRST 1
+#define CPA_CU_LAST 2
+typedef struct {
+  const int32_t *first, *last;
+  int call;
+  int allow;
+  cpaCuView out, out_lse; /* where last rows go (out_lse: merge only)                   */
+} cpaCuRoute;
+
 /* For the rows of `nranges` ranges (device array; prefix[i] = rows before range i, device,
  * nranges+1 entries; total = prefix[nranges]):
- *   merge: (acc_o, acc_lse) = LSE-merge of themselves with (part, stats)
- *   accumulate: acc += part
+ *   merge: (acc_o, acc_lse) = LSE-merge of themselves with (part, stats); a first row
+ *     merges with (0, -inf) without reading the accumulator, a last row writes
+ *     route.out / route.out_lse (any dtype, strided) instead of the accumulator
+ *   accumulate: acc += part; a first row stores acc = part, a last row writes
+ *     route.out = acc + part (= part if also first) and leaves acc alone
  * acc_o and acc are fp32 views; acc_lse is an fp32 view with dim 1. */
 int cpaCuMerge(const cpaCuView *acc_o, const cpaCuView *acc_lse, const cpaCuView *part, const float *stats,
-               const cpaCuRange *ranges, const int64_t *prefix, int nranges, int64_t total,
+               const cpaCuRange *ranges, const int64_t *prefix, int nranges, int64_t total, const cpaCuRoute *route,
                struct CUstream_st *stream);
 int cpaCuAccumulate(const cpaCuView *acc, const cpaCuView *part, const cpaCuRange *ranges, const int64_t *prefix,
-                    int nranges, int64_t total, struct CUstream_st *stream);
+                    int nranges, int64_t total, const cpaCuRoute *route, struct CUstream_st *stream);
 
 /* THD ragged metadata of one call: from entry rows (device arrays of n entries: first
  * row and row count on each side, and delta), writes for a plan of b >= n entries

@@ -70,6 +70,7 @@ typedef struct {
   char *meta;            /* device: ranges, prefixes, entries, maps                      */
   size_t meta_bytes;
   size_t off_map[2];     /* perm, gather maps in meta                                    */
+  size_t off_touch[3];   /* first/last touch in meta: q_first, q_last, k_first (int32)  */
   /* executor workspace layout (bytes from its base) */
   size_t ws_cudnn, ws_meta_off, ws_stats_off, ws_total;
   int b_max;
@@ -216,6 +217,12 @@ static cpattnResult_t cu_dry_end(void *st, size_t *extra) {
     x->off_map[i] = at;
     at += cpaAlignUp(sizeof(int64_t) * (size_t)(maps[i]->n + 1), 16);
   }
+  const int32_t *touch[3] = {e->touch.q_first, e->touch.q_last, e->touch.k_first};
+  int64_t touch_n[3] = {e->touch.nq, e->touch.nq, e->touch.nk};
+  for (int i = 0; i < 3; ++i) {
+    x->off_touch[i] = at;
+    at += cpaAlignUp(sizeof(int32_t) * (size_t)(touch_n[i] + 1), 16);
+  }
   x->meta_bytes = at;
   char *host = calloc(1, at ? at : 1);
   if (!host) return cpaError(cpattnOutOfMemory, "no host memory for %zu bytes of metadata", at);
@@ -242,6 +249,8 @@ static cpattnResult_t cu_dry_end(void *st, size_t *extra) {
     }
   for (int i = 0; i < 2; ++i)
     if (maps[i]->n) memcpy(host + x->off_map[i], maps[i]->host, sizeof(int64_t) * (size_t)maps[i]->n);
+  for (int i = 0; i < 3; ++i)
+    if (touch_n[i]) memcpy(host + x->off_touch[i], touch[i], sizeof(int32_t) * (size_t)touch_n[i]);
   cudaError_t ce = cudaMalloc((void **)&x->meta, at ? at : 16);
   if (ce == cudaSuccess) ce = cudaMemcpy(x->meta, host, at, cudaMemcpyHostToDevice);
   free(host);
@@ -430,14 +439,33 @@ static cpattnResult_t cu_attn_fwd(void *st, const cpaCall *call, const cpaView *
   return cpaSdpaRun(x->sh->cache, plan, &a, x->stream);
 }
 
-static cpattnResult_t cu_merge(void *st, const cpaCall *call, const cpaView *acc_o, const cpaView *acc_lse,
-                               const cpaView *o_part, const float *stats) {
+/* The first/last-touch routing of a call (executor.h): the tables uploaded at dry_end,
+ * the key side (step 0's block) with FIRST only. */
+static cpaCuRoute make_route(const cpaCudaExec *x, const cpaCall *call, int side, int allow, const cpaView *out,
+                             const cpaView *out_lse) {
+  cpaCuRoute r;
+  memset(&r, 0, sizeof r);
+  r.call = call->id;
+  r.allow = (allow & CPA_TOUCH_FIRST ? CPA_CU_FIRST : 0) | (!side && (allow & CPA_TOUCH_LAST) ? CPA_CU_LAST : 0);
+  r.first = (const int32_t *)(x->meta + x->off_touch[side ? 2 : 0]);
+  r.last = side ? NULL : (const int32_t *)(x->meta + x->off_touch[1]);
+  if (out && (r.allow & CPA_CU_LAST)) r.out = cu_view(out);
+  if (out_lse && (r.allow & CPA_CU_LAST)) r.out_lse = cu_view(out_lse);
+  return r;
+}
+
+static cpattnResult_t cu_merge(void *st, const cpaCall *call, int allow, const cpaView *acc_o, const cpaView *acc_lse,
+                               const cpaView *o_part, const float *stats, const cpaView *out_o,
+                               const cpaView *out_lse) {
   cpaCudaExec *x = st;
   if (x->dry) return cpattnSuccess;
   cpaCallMeta *m = &x->calls[call->id];
+  if ((allow & CPA_TOUCH_LAST) && (!out_o || !out_lse))
+    return cpaError(cpattnInternalError, "merge: last-touch routing without an output");
   cpaCuView ao = cu_view(acc_o), al = cu_view(acc_lse), op = cu_view(o_part);
+  cpaCuRoute rt = make_route(x, call, 0, allow, out_o, out_lse);
   KERNEL_CHECK(cpaCuMerge(&ao, &al, &op, stats, (const cpaCuRange *)(x->meta + m->off_qr),
-                          (const int64_t *)(x->meta + m->off_qp), m->nq, m->q_total, x->stream));
+                          (const int64_t *)(x->meta + m->off_qp), m->nq, m->q_total, &rt, x->stream));
   return cpattnSuccess;
 }
 
@@ -529,14 +557,18 @@ static cpattnResult_t cu_attn_bwd(void *st, const cpaCall *call, const cpaView *
   return cpaSdpaRun(x->sh->cache, plan, &a, x->stream);
 }
 
-static cpattnResult_t cu_accumulate(void *st, const cpaCall *call, int side, const cpaView *acc, const cpaView *part) {
+static cpattnResult_t cu_accumulate(void *st, const cpaCall *call, int side, int allow, const cpaView *acc,
+                                    const cpaView *part, const cpaView *out) {
   cpaCudaExec *x = st;
   if (x->dry) return cpattnSuccess;
   cpaCallMeta *m = &x->calls[call->id];
+  if (!side && (allow & CPA_TOUCH_LAST) && !out)
+    return cpaError(cpattnInternalError, "accumulate: last-touch routing without an output");
   cpaCuView a = cu_view(acc), p = cu_view(part);
+  cpaCuRoute rt = make_route(x, call, side, allow, out, NULL);
   size_t r = side ? m->off_kr : m->off_qr, pfx = side ? m->off_kp : m->off_qp;
   KERNEL_CHECK(cpaCuAccumulate(&a, &p, (const cpaCuRange *)(x->meta + r), (const int64_t *)(x->meta + pfx),
-                               side ? m->nk : m->nq, side ? m->k_total : m->q_total, x->stream));
+                               side ? m->nk : m->nq, side ? m->k_total : m->q_total, &rt, x->stream));
   return cpattnSuccess;
 }
 

@@ -7,11 +7,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../src/engine.h"
 #include "../src/executor.h"
 #include "attn_ref.h"
 
 typedef struct {
   const cpaProblem *pb;
+  const cpaTouch *touch; /* the engine's, from dry_begin                         */
+  float *row;            /* one merged row of dv values, for rows a merge finishes */
   int dry;
 } cpaHostExec;
 
@@ -21,7 +24,7 @@ static size_t host_part_bytes(void *st) {
 }
 
 static cpattnResult_t host_dry_begin(void *st, const struct cpaEngine *eng) {
-  (void)eng;
+  ((cpaHostExec *)st)->touch = &eng->touch;
   ((cpaHostExec *)st)->dry = 1;
   return cpattnSuccess;
 }
@@ -143,17 +146,64 @@ static cpattnResult_t host_attn_fwd(void *st, const cpaCall *call, const cpaView
   return cpattnSuccess;
 }
 
-static cpattnResult_t host_merge(void *st, const cpaCall *call, const cpaView *acc_o, const cpaView *acc_lse,
-                                 const cpaView *o_part, const float *stats) {
+/* How row r (within a batch element) of a call is routed: CPA_TOUCH_FIRST and/or
+ * CPA_TOUCH_LAST where allow permits and the engine's tables say so (executor.h). */
+static int route(const cpaHostExec *x, const cpaCall *call, int side, int allow, int64_t r) {
+  if (!allow) return 0;
+  const int32_t *first = side ? x->touch->k_first : x->touch->q_first;
+  int mode = 0;
+  if ((allow & CPA_TOUCH_FIRST) && first[r] == call->id) mode |= CPA_TOUCH_FIRST;
+  if ((allow & CPA_TOUCH_LAST) && !side && x->touch->q_last[r] == call->id) mode |= CPA_TOUCH_LAST;
+  return mode;
+}
+
+/* One (row, head) of a merge. A first row merges into an empty accumulator (lse -inf,
+ * so acc_o is not read: cpaRefMerge copies part, or zeros when part's lse is -inf too);
+ * a last row is merged in a scratch row and goes to out_o / out_lse, the accumulator
+ * untouched, as the CUDA kernel does. */
+static void merge_row(cpaHostExec *x, int mode, float *ao, float *al, const float *op, float lp, const cpaView *out_o,
+                      const cpaView *out_lse, int64_t b, int64_t row, int h) {
+  int dv = x->pb->dv;
+  float l = mode & CPA_TOUCH_FIRST ? -INFINITY : *al;
+  float *o = ao;
+  if (mode & CPA_TOUCH_LAST) {
+    o = x->row;
+    if (!(mode & CPA_TOUCH_FIRST)) memcpy(o, ao, sizeof(float) * (size_t)dv);
+  }
+  cpaRefMerge(1, 1, dv, o, 0, 0, &l, 0, 0, op, 0, 0, &lp, 0, 0);
+  if (mode & CPA_TOUCH_LAST) {
+    int64_t od = b * out_o->batch_stride + row * out_o->row_stride + h * out_o->head_stride;
+    for (int d = 0; d < dv; ++d) store(out_o->data, out_o->dtype, od + d, o[d]);
+    int64_t ol = b * out_lse->batch_stride + row * out_lse->row_stride + h * out_lse->head_stride;
+    store(out_lse->data, out_lse->dtype, ol, l);
+  } else {
+    *al = l;
+  }
+}
+
+static cpattnResult_t host_merge(void *st, const cpaCall *call, int allow, const cpaView *acc_o,
+                                 const cpaView *acc_lse, const cpaView *o_part, const float *stats,
+                                 const cpaView *out_o, const cpaView *out_lse) {
   cpaHostExec *x = st;
   if (x->dry) return cpattnSuccess;
   int H = x->pb->hq_local;
   FOR_EACH_ENTRY(x, call, b, e) {
     const cpaEntry *en = &call->entries[e];
     const float *ls = stats + (b * o_part->rows_per_batch + en->q_row) * H;
-    cpaRefMerge(en->q_len, H, x->pb->dv, f32_at(acc_o, b, en->q_row), acc_o->row_stride, acc_o->head_stride,
-                f32_at(acc_lse, b, en->q_row), acc_lse->row_stride, acc_lse->head_stride, f32_at(o_part, b, en->q_row),
-                o_part->row_stride, o_part->head_stride, ls, H, 1);
+    if (!allow) {
+      cpaRefMerge(en->q_len, H, x->pb->dv, f32_at(acc_o, b, en->q_row), acc_o->row_stride, acc_o->head_stride,
+                  f32_at(acc_lse, b, en->q_row), acc_lse->row_stride, acc_lse->head_stride,
+                  f32_at(o_part, b, en->q_row), o_part->row_stride, o_part->head_stride, ls, H, 1);
+      continue;
+    }
+    for (int64_t i = 0; i < en->q_len; ++i) {
+      int64_t row = en->q_row + i;
+      int mode = route(x, call, 0, allow, row);
+      for (int h = 0; h < H; ++h)
+        merge_row(x, mode, f32_at(acc_o, b, row) + (int64_t)h * acc_o->head_stride,
+                  f32_at(acc_lse, b, row) + (int64_t)h * acc_lse->head_stride,
+                  f32_at(o_part, b, row) + (int64_t)h * o_part->head_stride, ls[i * H + h], out_o, out_lse, b, row, h);
+    }
   }
   return cpattnSuccess;
 }
@@ -177,24 +227,38 @@ static cpattnResult_t host_attn_bwd(void *st, const cpaCall *call, const cpaView
   return cpattnSuccess;
 }
 
-static cpattnResult_t host_accumulate(void *st, const cpaCall *call, int side, const cpaView *acc,
-                                      const cpaView *part) {
+static cpattnResult_t host_accumulate(void *st, const cpaCall *call, int side, int allow, const cpaView *acc,
+                                      const cpaView *part, const cpaView *out) {
   cpaHostExec *x = st;
   if (x->dry) return cpattnSuccess;
   FOR_EACH_ENTRY(x, call, b, e) {
     const cpaEntry *en = &call->entries[e];
     int64_t row = side ? en->k_row : en->q_row, n = side ? en->k_len : en->q_len;
-    for (int64_t r = 0; r < n; ++r)
+    for (int64_t r = 0; r < n; ++r) {
+      int mode = route(x, call, side, allow, row + r);
       for (int h = 0; h < acc->heads; ++h) {
         float *a = f32_at(acc, b, row + r) + (int64_t)h * acc->head_stride;
         const float *p = f32_at(part, b, row + r) + (int64_t)h * part->head_stride;
-        for (int d = 0; d < acc->dim; ++d) a[d] += p[d];
+        if (mode & CPA_TOUCH_LAST) {
+          int64_t od = b * out->batch_stride + (row + r) * out->row_stride + h * out->head_stride;
+          for (int d = 0; d < acc->dim; ++d)
+            store(out->data, out->dtype, od + d, mode & CPA_TOUCH_FIRST ? p[d] : a[d] + p[d]);
+        } else if (mode & CPA_TOUCH_FIRST) {
+          memcpy(a, p, sizeof(float) * (size_t)acc->dim);
+        } else {
+          for (int d = 0; d < acc->dim; ++d) a[d] += p[d];
+        }
       }
+    }
   }
   return cpattnSuccess;
 }
 
-static void host_destroy(void *st) { free(st); }
+static void host_destroy(void *st) {
+  cpaHostExec *x = st;
+  if (x) free(x->row);
+  free(x);
+}
 
 static const cpaExecOps kHostOps = {
     "host",        host_part_bytes, host_dry_begin, host_dry_end,    host_begin,    host_end,
@@ -204,7 +268,11 @@ static const cpaExecOps kHostOps = {
 
 cpattnResult_t cpaExecHostCreate(cpaExecutor *ex, const cpaProblem *pb) {
   cpaHostExec *x = calloc(1, sizeof *x);
-  if (!x) return cpaError(cpattnOutOfMemory, "no host memory for the host executor");
+  if (x) x->row = malloc(sizeof(float) * (size_t)(pb->dv > 0 ? pb->dv : 1));
+  if (!x || !x->row) {
+    free(x);
+    return cpaError(cpattnOutOfMemory, "no host memory for the host executor");
+  }
   x->pb = pb;
   ex->ops = &kHostOps;
   ex->st = x;

@@ -491,6 +491,17 @@ static cpattnResult_t ring_next(cpaRun *r, int st, const cpaView *Kc, const cpaV
   return xchg(r, sends, 2, recvs, 2, h);
 }
 
+/* First/last-touch routing of the query-side merges and accumulations (cpaTouch): with
+ * every query row covered by some call, the first call over a row stores (no fill), and
+ * without an all-to-all to undo (whose send staging reads the accumulator) the last
+ * writes the user's tensor (no final copy). CommOnly runs no call: the plain path, whose
+ * fills leave nothing uninitialized behind. */
+static int touch_allow(const cpaEngine *e, int64_t R) {
+  if (!e->touch.q_clean || e->profile == cpattnProfileCommOnly) return 0;
+  int direct = e->sched.pre != CPA_PRE_ALLTOALL && e->sched.q_set.rows == R;
+  return CPA_TOUCH_FIRST | (direct ? CPA_TOUCH_LAST : 0);
+}
+
 cpattnResult_t cpaEngineForward(cpaEngine *e, const cpattnTensor_t *q, const cpattnTensor_t *k,
                                 const cpattnTensor_t *v, const cpattnTensor_t *o, float *lse, void *ws,
                                 size_t ws_bytes, struct CUstream_st *stream) {
@@ -534,8 +545,11 @@ cpattnResult_t cpaEngineForward(cpaEngine *e, const cpattnTensor_t *q, const cpa
   cpaView acc_lse = packed(region(r, CPA_WS_ACC_LSE), cpattnFloat32, B, Rq, hq, 1);
   cpaView opart = packed(region(r, CPA_WS_OPART), part_dtype(e), B, Rq, hq, pb->dv);
   float *stats = region(r, CPA_WS_STATS);
-  CPA_CHECK(X->fill(st, &acc_o, B * Rq, 0.0f));
-  CPA_CHECK(X->fill(st, &acc_lse, B * Rq, -INFINITY));
+  int allow = touch_allow(e, R);
+  if (!allow) {
+    CPA_CHECK(X->fill(st, &acc_o, B * Rq, 0.0f));
+    CPA_CHECK(X->fill(st, &acc_lse, B * Rq, -INFINITY));
+  }
 
   cpaView Kc, Vc, Kn, Vn;
   int cur, next;
@@ -549,7 +563,8 @@ cpattnResult_t cpaEngineForward(cpaEngine *e, const cpattnTensor_t *q, const cpa
     if (!e->dry) cpaNvtxPush("cpattn forward step compute");
     for (int c = 0; c < step->ncalls && e->profile != cpattnProfileCommOnly; ++c) {
       cpattnResult_t res = X->attn_fwd(st, &step->calls[c], &Q, &Kc, &Vc, &opart, stats);
-      if (res == cpattnSuccess) res = X->merge(st, &step->calls[c], &acc_o, &acc_lse, &opart, stats);
+      if (res == cpattnSuccess)
+        res = X->merge(st, &step->calls[c], allow, &acc_o, &acc_lse, &opart, stats, &uo, &ulse);
       if (res != cpattnSuccess) {
         if (!e->dry) cpaNvtxPop();
         return res;
@@ -567,7 +582,7 @@ cpattnResult_t cpaEngineForward(cpaEngine *e, const cpattnTensor_t *q, const cpa
   if (s->pre == CPA_PRE_ALLTOALL) {
     cpaA2aTensor t[2] = {{uo, acc_o, CPA_HEADS_Q, io, 0, {0}}, {ulse, acc_lse, CPA_HEADS_Q, cpattnFloat32, 0, {0}}};
     CPA_CHECK(a2a_out(r, t, 2));
-  } else {
+  } else if (!(allow & CPA_TOUCH_LAST)) {
     CPA_CHECK(X->copy(st, &uo, &acc_o, B * R, NULL, 0));
     CPA_CHECK(X->copy(st, &ulse, &acc_lse, B * R, NULL, 0));
   }
@@ -583,20 +598,20 @@ cpattnResult_t cpaEngineForward(cpaEngine *e, const cpattnTensor_t *q, const cpa
 static cpattnResult_t bwd_step(cpaRun *r, const cpaStep *step, const cpaView *Q, const cpaView *K, const cpaView *V,
                                const cpaView *O, const cpaView *DO, const cpaView *LSE, const cpaView *dq_acc,
                                const cpaView *dq_part, const cpaView *dk_part, const cpaView *dv_part,
-                               const cpaView dkv[2], int *hd) {
+                               const cpaView dkv[2], int *hd, int allow_q, const cpaView *udq, int allow_k) {
   cpaEngine *e = r->e;
   const cpaExecOps *X = e->ex.ops;
   void *st = e->ex.st;
   for (int c = 0; c < step->ncalls && e->profile != cpattnProfileCommOnly; ++c) {
     const cpaCall *call = &step->calls[c];
     CPA_CHECK(X->attn_bwd(st, call, Q, K, V, O, DO, LSE, dq_part, dk_part, dv_part));
-    CPA_CHECK(X->accumulate(st, call, 0, dq_acc, dq_part));
+    CPA_CHECK(X->accumulate(st, call, 0, allow_q, dq_acc, dq_part, udq));
     /* The accumulator of this block is needed only now, after the first (long)
      * attention call of the step was issued: its transfer hid behind that call. */
     CPA_CHECK(xwait(r, *hd));
     *hd = -1;
-    CPA_CHECK(X->accumulate(st, call, 1, &dkv[0], dk_part));
-    CPA_CHECK(X->accumulate(st, call, 1, &dkv[1], dv_part));
+    CPA_CHECK(X->accumulate(st, call, 1, allow_k, &dkv[0], dk_part, NULL));
+    CPA_CHECK(X->accumulate(st, call, 1, allow_k, &dkv[1], dv_part, NULL));
   }
   return cpattnSuccess;
 }
@@ -655,15 +670,21 @@ cpattnResult_t cpaEngineBackward(cpaEngine *e, const cpattnTensor_t *q, const cp
 
   cpaView dq_acc = packed(region(r, CPA_WS_DQ_ACC), cpattnFloat32, B, Rq, hq, pb->dqk);
   cpaView dq_part = packed(region(r, CPA_WS_DQ_PART), pt, B, Rq, hq, pb->dqk);
-  CPA_CHECK(X->fill(st, &dq_acc, B * Rq, 0.0f));
+  int allow_q = touch_allow(e, R);
+  if (!allow_q) CPA_CHECK(X->fill(st, &dq_acc, B * Rq, 0.0f));
 
   /* dK/dV accumulators travel with their K/V block, one step behind it: the block a
-   * rank receives at step i+1 was finished by its neighbour at step i. */
+   * rank receives at step i+1 was finished by its neighbour at step i. Step 0's is this
+   * rank's own: when step 0's calls cover all its key rows, the first call over a row
+   * stores there instead of adding to a fill. Received ones are complete blocks. */
   cpaView D[2][2];
   int64_t rows0 = s->kv_sets[s->steps[0].kv_member].rows;
   kv_views(e, region(r, CPA_WS_DKV0), rows0, cpattnFloat32, &D[0][0], &D[0][1]);
-  CPA_CHECK(X->fill(st, &D[0][0], B * rows0, 0.0f));
-  CPA_CHECK(X->fill(st, &D[0][1], B * rows0, 0.0f));
+  int allow_k = e->touch.k_clean && e->profile != cpattnProfileCommOnly ? CPA_TOUCH_FIRST : 0;
+  if (!allow_k) {
+    CPA_CHECK(X->fill(st, &D[0][0], B * rows0, 0.0f));
+    CPA_CHECK(X->fill(st, &D[0][1], B * rows0, 0.0f));
+  }
   int d = 0, hd = -1;
 
   cpaView Kc, Vc, Kn, Vn;
@@ -679,7 +700,7 @@ cpattnResult_t cpaEngineBackward(cpaEngine *e, const cpattnTensor_t *q, const cp
     CPA_TRACE("backward step %d: kv block %d, %d call(s)", i, step->kv_member, step->ncalls);
     if (!e->dry) cpaNvtxPush("cpattn backward step compute");
     cpattnResult_t res = bwd_step(r, step, &Q, &Kc, &Vc, &O, &DO, &LSE, &dq_acc, &dq_part, &dk_part, &dv_part,
-                                  D[d], &hd);
+                                  D[d], &hd, allow_q, &udq, i == 0 ? allow_k : 0);
     if (!e->dry) cpaNvtxPop();
     CPA_CHECK(res);
     CPA_CHECK(xwait(r, hd)); /* a step with no calls still passes its accumulator on */
@@ -737,10 +758,10 @@ cpattnResult_t cpaEngineBackward(cpaEngine *e, const cpattnTensor_t *q, const cp
                          {udv, D[d][1], CPA_HEADS_KV, cpattnFloat32, sum, sv}};
     CPA_CHECK(a2a_out(r, t, 3));
   } else if (s->pre == CPA_PRE_ALLGATHER) {
-    CPA_CHECK(X->copy(st, &udq, &dq_acc, B * R, NULL, 0));
+    if (!(allow_q & CPA_TOUCH_LAST)) CPA_CHECK(X->copy(st, &udq, &dq_acc, B * R, NULL, 0));
     CPA_CHECK(reduce_scatter_dkv(r, &D[d][0], &D[d][1], &udk, &udv));
   } else {
-    CPA_CHECK(X->copy(st, &udq, &dq_acc, B * R, NULL, 0));
+    if (!(allow_q & CPA_TOUCH_LAST)) CPA_CHECK(X->copy(st, &udq, &dq_acc, B * R, NULL, 0));
     CPA_CHECK(X->copy(st, &udk, &D[d][0], B * R, NULL, 0));
     CPA_CHECK(X->copy(st, &udv, &D[d][1], B * R, NULL, 0));
   }
@@ -864,6 +885,23 @@ static cpattnResult_t dry_run(cpaEngine *e) {
   return res;
 }
 
+/* What the first/last-touch routing does for this plan, at INFO. */
+static void log_touch(const cpaEngine *e) {
+  if (cpaLogLevelGet() < CPA_LOG_INFO) return;
+  const cpaSchedule *s = &e->sched;
+  int n[4] = {0, 0, 0, 0}, k_first = 0; /* calls by CPA_TOUCH_FIRST | CPA_TOUCH_LAST on all their rows */
+  for (int st = 0; st < s->nsteps; ++st)
+    for (int c = 0; c < s->steps[st].ncalls; ++c) {
+      const cpaCall *call = &s->steps[st].calls[c];
+      n[cpaTouchCallKind(&e->touch, call, 0) & (CPA_TOUCH_FIRST | CPA_TOUCH_LAST)]++;
+      if (st == 0 && (cpaTouchCallKind(&e->touch, call, 1) & CPA_TOUCH_FIRST)) ++k_first;
+    }
+  CPA_INFO("first/last touch: query rows %s; calls first on all their rows %d, last on all %d, both %d, neither %d "
+           "(routed row by row); step 0 key rows %s, %d of %d calls first on all",
+           e->touch.q_clean ? "all covered" : "not all covered (fill + copy)", n[1], n[2], n[3], n[0],
+           e->touch.k_clean ? "all covered" : "not all covered (fill)", k_first, s->nsteps ? s->steps[0].ncalls : 0);
+}
+
 cpattnResult_t cpaEngineInit(cpaEngine *e, cpattnComm_t comm, cpattnTransport_t *tr, const cpattnConfig_t *config) {
   cpattnResult_t res;
   memset(e, 0, sizeof *e);
@@ -884,6 +922,8 @@ cpattnResult_t cpaEngineInit(cpaEngine *e, cpattnComm_t comm, cpattnTransport_t 
 
   size_t fwd_end, bwd_end, extra = 0;
   layout_workspace(e, &fwd_end, &bwd_end);
+  CPA_CHECK_GOTO(cpaScheduleTouch(&e->sched, &e->touch), res, fail);
+  log_touch(e);
   CPA_CHECK_GOTO(e->ex.ops->dry_begin(e->ex.st, e), res, fail);
   res = dry_run(e);
   cpattnResult_t end = e->ex.ops->dry_end(e->ex.st, &extra);
@@ -900,6 +940,7 @@ fail:
 
 void cpaEngineFree(cpaEngine *e) {
   if (e->ex.ops) e->ex.ops->destroy(e->ex.st);
+  cpaTouchFree(&e->touch);
   cpaScheduleFree(&e->sched);
   cpaProblemFree(&e->pb);
   memset(e, 0, sizeof *e);

@@ -48,6 +48,7 @@ typedef struct cpaEngine {
   int profile;       /* cpattnProfile_t: skip exchanges or compute       */
   int tag;           /* next exchange tag                               */
   cpaRowMap perm, gather;
+  cpaTouch touch;    /* first/last call over each row (schedule.h)      */
 } cpaEngine;
 
 cpattnResult_t cpaEngineInit(cpaEngine *e, cpattnComm_t comm, cpattnTransport_t *tr, const cpattnConfig_t *config);

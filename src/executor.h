@@ -56,7 +56,9 @@ typedef struct cpaExecOps {
   /* Plan time. `dry` brackets the engine's dry run of forward and backward (see
    * engine.h): between dry_begin and dry_end the executor records what each call needs
    * (cuDNN plans, metadata) instead of running anything, and dry_end returns the extra
-   * workspace the executor wants for itself (placed by the engine, passed to begin). */
+   * workspace the executor wants for itself (placed by the engine, passed to begin).
+   * The engine's row maps and first/last-touch tables (eng->touch) are final by
+   * dry_begin; an executor keeps or uploads them there or at dry_end. */
   cpattnResult_t (*dry_begin)(void *st, const struct cpaEngine *eng);
   cpattnResult_t (*dry_end)(void *st, size_t *extra_workspace);
 
@@ -82,16 +84,27 @@ typedef struct cpaExecOps {
   cpattnResult_t (*attn_fwd)(void *st, const cpaCall *call, const cpaView *q, const cpaView *k, const cpaView *v,
                              const cpaView *o_part, float *stats);
   /* acc_o, acc_lse (fp32 views) = LSE-merge of themselves with the call's o_part/stats,
-   * on the call's query rows only. */
-  cpattnResult_t (*merge)(void *st, const cpaCall *call, const cpaView *acc_o, const cpaView *acc_lse,
-                          const cpaView *o_part, const float *stats);
+   * on the call's query rows only.
+   * Routing (`allow`, CPA_TOUCH_* of schedule.h; 0 = the plain merge on every row): a
+   * query row r (row t of the views, r = t % acc_o->rows_per_batch) whose first call is
+   * this one (the engine's cpaTouch q_first[r] == call->id) and allow has FIRST is merged
+   * with an empty accumulator (lse -inf: acc_o and acc_lse are not read there, only
+   * written); a row whose last call is this one (q_last) with allow LAST goes to out_o
+   * (any dtype) and out_lse instead of the accumulator, which is then not written. */
+  cpattnResult_t (*merge)(void *st, const cpaCall *call, int allow, const cpaView *acc_o, const cpaView *acc_lse,
+                          const cpaView *o_part, const float *stats, const cpaView *out_o, const cpaView *out_lse);
   /* Gradient of one call given the final o and lse (views over the query set): writes
    * dq_part on the call's query rows and dk_part, dv_part on its key rows. */
   cpattnResult_t (*attn_bwd)(void *st, const cpaCall *call, const cpaView *q, const cpaView *k, const cpaView *v,
                              const cpaView *o, const cpaView *dout, const cpaView *lse, const cpaView *dq_part,
                              const cpaView *dk_part, const cpaView *dv_part);
-  /* acc (fp32) += part on the call's query rows (side 0) or key rows (side 1). */
-  cpattnResult_t (*accumulate)(void *st, const cpaCall *call, int side, const cpaView *acc, const cpaView *part);
+  /* acc (fp32) += part on the call's query rows (side 0) or key rows (side 1).
+   * Routing as in merge, row r = t % acc->rows_per_batch: a first row (allow FIRST;
+   * side 0: cpaTouch q_first, side 1: k_first, the key rows of step 0's block) stores
+   * acc = part without reading acc; a last row (allow LAST, side 0 only: q_last) writes
+   * out = acc + part (part alone if also first) in out's dtype and leaves acc alone. */
+  cpattnResult_t (*accumulate)(void *st, const cpaCall *call, int side, int allow, const cpaView *acc,
+                               const cpaView *part, const cpaView *out);
 
   void (*destroy)(void *st);
 } cpaExecOps;

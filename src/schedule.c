@@ -269,6 +269,75 @@ fail:
   return res;
 }
 
+/* ---------------------------------------------------------------------------------- */
+/* First and last touch of rows                                                        */
+/* ---------------------------------------------------------------------------------- */
+
+void cpaTouchFree(cpaTouch *t) {
+  free(t->q_first);
+  free(t->q_last);
+  free(t->k_first);
+  memset(t, 0, sizeof *t);
+}
+
+static int all_covered(const int32_t *first, int64_t n) {
+  for (int64_t r = 0; r < n; ++r)
+    if (first[r] < 0) return 0;
+  return 1;
+}
+
+cpattnResult_t cpaScheduleTouch(const cpaSchedule *s, cpaTouch *t) {
+  memset(t, 0, sizeof *t);
+  t->nq = s->q_set.rows;
+  t->nk = s->nsteps > 0 ? s->kv_sets[s->steps[0].kv_member].rows : 0;
+  t->q_first = malloc(sizeof(int32_t) * (size_t)(t->nq + 1));
+  t->q_last = malloc(sizeof(int32_t) * (size_t)(t->nq + 1));
+  t->k_first = malloc(sizeof(int32_t) * (size_t)(t->nk + 1));
+  if (!t->q_first || !t->q_last || !t->k_first) {
+    cpaTouchFree(t);
+    return cpaError(cpattnOutOfMemory, "no host memory for the first/last touch of %lld rows",
+                    (long long)(t->nq + t->nk));
+  }
+  for (int64_t r = 0; r < t->nq; ++r) t->q_first[r] = t->q_last[r] = -1;
+  for (int64_t r = 0; r < t->nk; ++r) t->k_first[r] = -1;
+  for (int st = 0; st < s->nsteps; ++st)
+    for (int c = 0; c < s->steps[st].ncalls; ++c) {
+      const cpaCall *call = &s->steps[st].calls[c];
+      for (int e = 0; e < call->nentries; ++e) {
+        const cpaEntry *en = &call->entries[e];
+        for (int64_t r = en->q_row; r < en->q_row + en->q_len; ++r) {
+          if (t->q_first[r] < 0) t->q_first[r] = call->id;
+          t->q_last[r] = call->id;
+        }
+        if (st == 0)
+          for (int64_t r = en->k_row; r < en->k_row + en->k_len; ++r)
+            if (t->k_first[r] < 0) t->k_first[r] = call->id;
+      }
+    }
+  t->q_clean = all_covered(t->q_first, t->nq);
+  t->k_clean = all_covered(t->k_first, t->nk);
+  return cpattnSuccess;
+}
+
+int cpaTouchCallKind(const cpaTouch *t, const cpaCall *call, int side) {
+  int64_t rows = 0, first = 0, last = 0;
+  for (int e = 0; e < call->nentries; ++e) {
+    const cpaEntry *en = &call->entries[e];
+    int64_t r0 = side ? en->k_row : en->q_row, n = side ? en->k_len : en->q_len;
+    for (int64_t r = r0; r < r0 + n; ++r) {
+      ++rows;
+      first += (side ? t->k_first[r] : t->q_first[r]) == call->id;
+      last += !side && t->q_last[r] == call->id;
+    }
+  }
+  int kind = 0;
+  if (rows > 0 && first == rows) kind |= CPA_TOUCH_FIRST;
+  else if (first > 0) kind |= CPA_TOUCH_SOME_FIRST;
+  if (rows > 0 && last == rows) kind |= CPA_TOUCH_LAST;
+  else if (last > 0) kind |= CPA_TOUCH_SOME_LAST;
+  return kind;
+}
+
 void cpaScheduleDescribe(const cpaSchedule *s, char *buf, size_t len) {
   static const char *const kinds[] = {"none", "causal", "band"};
   static const char *const pres[] = {"-", "all-to-all", "all-gather"};

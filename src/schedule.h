@@ -88,6 +88,37 @@ cpattnResult_t cpaScheduleCalls(const cpaProblem *pb, const cpaTokenSet *q, cons
                                 int *ncalls);
 void cpaCallsFree(cpaCall *calls, int ncalls);
 
+/* First and last touch of rows, from the call order (plan time). For each row of the
+ * query set: the id (cpaCall.id) of the first and of the last call in schedule order
+ * whose entries cover it, -1 where none does; for each key row of step 0's K/V block:
+ * the first call of step 0 that covers it. Rows are per batch element (BSHD/SBHD calls
+ * apply to every batch element alike). q_clean: every query row is covered; k_clean:
+ * every key row of step 0's block is covered by a call of step 0. The engine uses them
+ * so that the first call over a row stores instead of adding to a filled accumulator and
+ * the last one writes the final output (engine.c, executor.h). */
+typedef struct {
+  int32_t *q_first, *q_last;
+  int64_t nq;
+  int q_clean;
+  int32_t *k_first;
+  int64_t nk;
+  int k_clean;
+} cpaTouch;
+
+#define CPA_TOUCH_FIRST 1
+#define CPA_TOUCH_LAST 2
+#define CPA_TOUCH_SOME_FIRST 4 /* first on some of its rows only                           */
+#define CPA_TOUCH_SOME_LAST 8  /* last on some of its rows only                            */
+
+cpattnResult_t cpaScheduleTouch(const cpaSchedule *s, cpaTouch *t);
+void cpaTouchFree(cpaTouch *t);
+
+/* How a call stands on its query rows (side 0) or, for a call of step 0, its key rows
+ * (side 1): CPA_TOUCH_FIRST if it is the first call over every row it covers,
+ * CPA_TOUCH_LAST the last (side 0 only), CPA_TOUCH_SOME_* if that holds on some of its
+ * rows but not all. For logs and tests: the engine routes row by row. */
+int cpaTouchCallKind(const cpaTouch *t, const cpaCall *call, int side);
+
 /* Writes a readable summary (steps, calls, entries) into buf. */
 void cpaScheduleDescribe(const cpaSchedule *s, char *buf, size_t len);
 

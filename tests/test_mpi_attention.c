@@ -257,7 +257,7 @@ static double run_case(const Case *cs, const char *name) {
     buf_make(&lv, &c, R, hkv, dv, pad);
     buf_make(&ldo, &c, R, hq, dv, 0);
     buf_make(&lo, &c, R, hq, dv, pad);
-    buf_make(&ldq, &c, R, hq, dqk, 0);
+    buf_make(&ldq, &c, R, hq, dqk, pad); /* dQ is written through its strides by its last call */
     buf_make(&ldk, &c, R, hkv, dqk, pad);
     buf_make(&ldv, &c, R, hkv, dv, 0);
     buf_make(&eo, &c, R, hq, dv, 0);

@@ -83,6 +83,43 @@ static int visible(const cpaProblem *pb, int64_t q, int64_t k) {
   return 1;
 }
 
+/* The first/last-touch tables against their definition: for each row, the smallest and
+ * the largest id among the calls covering it (ids grow in schedule order), key rows
+ * from step 0's calls only; clean exactly when no row is left at -1. */
+static void check_touch(const cpaSchedule *s) {
+  cpaTouch t;
+  assert_int_equal(cpaScheduleTouch(s, &t), cpattnSuccess);
+  assert_int_equal(t.nq, s->q_set.rows);
+  int q_clean = 1, k_clean = 1;
+  for (int side = 0; side < 2; ++side) {
+    int64_t n = side ? t.nk : t.nq;
+    for (int64_t r = 0; r < n; ++r) {
+      int lo = -1, hi = -1;
+      for (int st = 0; st < (side ? (s->nsteps > 0) : s->nsteps); ++st)
+        for (int c = 0; c < s->steps[st].ncalls; ++c)
+          for (int e = 0; e < s->steps[st].calls[c].nentries; ++e) {
+            const cpaEntry *en = &s->steps[st].calls[c].entries[e];
+            int64_t r0 = side ? en->k_row : en->q_row, len = side ? en->k_len : en->q_len;
+            if (r < r0 || r >= r0 + len) continue;
+            int id = s->steps[st].calls[c].id;
+            if (lo < 0 || id < lo) lo = id;
+            if (id > hi) hi = id;
+          }
+      if (side) {
+        assert_int_equal(t.k_first[r], lo);
+        k_clean &= lo >= 0;
+      } else {
+        assert_int_equal(t.q_first[r], lo);
+        assert_int_equal(t.q_last[r], hi);
+        q_clean &= lo >= 0;
+      }
+    }
+  }
+  assert_int_equal(t.q_clean, q_clean);
+  assert_int_equal(t.k_clean, k_clean);
+  cpaTouchFree(&t);
+}
+
 /* Runs the coverage property for one config over every rank; returns the call count. */
 static int check_coverage(const cpattnConfig_t *c, int P) {
   int calls_total = 0;
@@ -98,6 +135,7 @@ static int check_coverage(const cpattnConfig_t *c, int P) {
     int64_t *qpos = malloc(sizeof(int64_t) * (size_t)(nq + 1));
     int *count = calloc((size_t)(nq * total + 1), sizeof(int));
     rows_of(&s.q_set, qseq, qpos);
+    check_touch(&s);
     for (int st = 0; st < s.nsteps; ++st) {
       const cpaStep *step = &s.steps[st];
       const cpaTokenSet *kv = &s.kv_sets[step->kv_member];
@@ -202,6 +240,100 @@ static void test_zigzag_causal_ring_is_one_call_per_step(void **state) {
   }
 }
 
+/* First/last touch of the 32k zigzag causal ring (the 2xH200 benchmark's schedule). */
+static void test_touch_zigzag_causal(void **state) {
+  (void)state;
+  for (int P = 2; P <= 4; P += 2) {
+    cpattnConfig_t c = make_config(0, 1, NULL, 32768, cpattnMaskCausal, -1, -1, cpattnScheduleRing, 0, 0);
+    for (int r = 0; r < P; ++r) {
+      cpaProblem pb;
+      cpaSchedule s;
+      cpaTouch t;
+      assert_int_equal(cpaProblemInit(&pb, &c, r, P, cpattnExecutorHost), cpattnSuccess);
+      assert_int_equal(cpaScheduleBuild(&pb, &s), cpattnSuccess);
+      assert_int_equal(cpaScheduleTouch(&s, &t), cpattnSuccess);
+      int64_t c2 = 32768 / (2 * P); /* a zigzag chunk: a rank holds two */
+      assert_int_equal(t.nq, 2 * c2);
+      assert_true(t.q_clean);
+      assert_true(t.k_clean);
+      /* Step 0 (the causal diagonal) covers every query and key row first. */
+      const cpaCall *diag = &s.steps[0].calls[0];
+      int kind0 = cpaTouchCallKind(&t, diag, 0);
+      assert_true(kind0 & CPA_TOUCH_FIRST);
+      assert_int_equal(cpaTouchCallKind(&t, diag, 1), CPA_TOUCH_FIRST);
+      /* The last step's call finishes every row it covers. */
+      const cpaCall *last = &s.steps[P - 1].calls[0];
+      assert_int_equal(cpaTouchCallKind(&t, last, 0), CPA_TOUCH_LAST);
+      if (r == 0) {
+        /* Rank 0's early chunk sees no other block: the diagonal finishes it, while its
+         * late chunk goes on to the last step. So routing is per row, not per call. */
+        assert_int_equal(kind0, CPA_TOUCH_FIRST | CPA_TOUCH_SOME_LAST);
+        for (int64_t i = 0; i < c2; ++i) assert_int_equal(t.q_last[i], 0);
+        for (int64_t i = c2; i < 2 * c2; ++i) assert_int_equal(t.q_last[i], P - 1);
+      }
+      if (r == P - 1) { /* every call covers every row: the middle steps merge */
+        assert_int_equal(kind0, CPA_TOUCH_FIRST);
+        for (int st = 1; st < P - 1; ++st) assert_int_equal(cpaTouchCallKind(&t, &s.steps[st].calls[0], 0), 0);
+      }
+      cpaTouchFree(&t);
+      cpaScheduleFree(&s);
+      cpaProblemFree(&pb);
+    }
+  }
+}
+
+/* Schedules the first/last routing must refuse or split. */
+static void test_touch_not_clean(void **state) {
+  (void)state;
+  /* All-gather, causal: rank 1 of 2 (zigzag chunks 1 and 2) sees no key of chunk 3, so
+   * step 0's dK/dV accumulator keeps its fill. */
+  cpattnConfig_t c = make_config(0, 1, NULL, 64, cpattnMaskCausal, -1, -1, cpattnScheduleAllGather, 0, 0);
+  cpaProblem pb;
+  cpaSchedule s;
+  cpaTouch t;
+  assert_int_equal(cpaProblemInit(&pb, &c, 1, 2, cpattnExecutorHost), cpattnSuccess);
+  assert_int_equal(cpaScheduleBuild(&pb, &s), cpattnSuccess);
+  assert_int_equal(cpaScheduleTouch(&s, &t), cpattnSuccess);
+  assert_true(t.q_clean);
+  assert_false(t.k_clean);
+  cpaTouchFree(&t);
+  cpaScheduleFree(&s);
+  cpaProblemFree(&pb);
+
+  /* Hand-made: 10 query rows; call 0 covers rows 0-4, call 1 rows 3-7 (partly covered
+   * before: first on 5-7 only), rows 8-9 by nobody: not clean. */
+  cpaEntry e0 = {0, 0, 5, 0, 10, 0}, e1 = {0, 3, 5, 0, 4, 0};
+  cpaCall calls[2] = {{CPA_KIND_NONE, 1, &e0, 5, 10, 0}, {CPA_KIND_NONE, 1, &e1, 5, 4, 1}};
+  cpaTokenSet kv;
+  memset(&kv, 0, sizeof kv);
+  kv.rows = 10;
+  cpaStep step = {0, 2, calls};
+  cpaSchedule h;
+  memset(&h, 0, sizeof h);
+  h.q_set.rows = 10;
+  h.nkv = 1;
+  h.kv_sets = &kv;
+  h.nsteps = 1;
+  h.steps = &step;
+  h.ncalls_total = 2;
+  assert_int_equal(cpaScheduleTouch(&h, &t), cpattnSuccess);
+  assert_false(t.q_clean);
+  assert_true(t.k_clean);
+  assert_int_equal(t.q_first[9], -1);
+  assert_int_equal(cpaTouchCallKind(&t, &calls[0], 0), CPA_TOUCH_FIRST | CPA_TOUCH_SOME_LAST);
+  assert_int_equal(cpaTouchCallKind(&t, &calls[1], 0), CPA_TOUCH_SOME_FIRST | CPA_TOUCH_LAST);
+  assert_int_equal(cpaTouchCallKind(&t, &calls[1], 1), 0); /* keys 0-3: call 0's first */
+  cpaTouchFree(&t);
+  e1.q_len = 7; /* now rows 3-9: all covered, call 1 still mixed (routed row by row) */
+  assert_int_equal(cpaScheduleTouch(&h, &t), cpattnSuccess);
+  assert_true(t.q_clean);
+  assert_int_equal(t.q_first[4], 0);
+  assert_int_equal(t.q_first[5], 1);
+  assert_int_equal(t.q_last[2], 0);
+  assert_int_equal(t.q_last[3], 1);
+  cpaTouchFree(&t);
+}
+
 static void test_token_sets_partition_the_sequence(void **state) {
   (void)state;
   int32_t cu[5] = {0, 7, 7, 8, 40};
@@ -259,6 +391,8 @@ int main(void) {
       cmocka_unit_test(test_permute_map_is_a_permutation),
       cmocka_unit_test(test_zigzag_causal_ring_is_one_call_per_step),
       cmocka_unit_test(test_every_visible_pair_covered_once),
+      cmocka_unit_test(test_touch_zigzag_causal),
+      cmocka_unit_test(test_touch_not_clean),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

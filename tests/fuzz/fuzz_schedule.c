@@ -71,6 +71,19 @@ static void check_permutation(const int64_t *map, int64_t n) {
   free(hit);
 }
 
+/* First/last touch (the engine's fill-free routing): in range, first <= last, and every
+ * query row covered, since every mask shows a query its own key. */
+static void check_touch(const cpaSchedule *s) {
+  cpaTouch t;
+  FUZZ_CHECK(cpaScheduleTouch(s, &t) == cpattnSuccess);
+  FUZZ_CHECK(t.q_clean);
+  for (int64_t r = 0; r < t.nq; ++r)
+    FUZZ_CHECK(t.q_first[r] >= 0 && t.q_first[r] <= t.q_last[r] && t.q_last[r] < s->ncalls_total);
+  for (int64_t r = 0; r < t.nk; ++r)
+    FUZZ_CHECK(t.k_first[r] >= -1 && (s->nsteps == 0 || t.k_first[r] < s->steps[0].ncalls));
+  cpaTouchFree(&t);
+}
+
 static void check_schedule(const cpaProblem *pb, const cpaSchedule *s) {
   int64_t total = pb->seq_start[pb->nseq], nq = s->q_set.rows;
   int32_t *qseq = malloc(sizeof(int32_t) * (size_t)(nq + 1));
@@ -202,6 +215,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     cpaSchedule s;
     FUZZ_CHECK(cpaScheduleBuild(&pb, &s) == cpattnSuccess); /* a valid problem always schedules */
     check_schedule(&pb, &s);
+    check_touch(&s);
     char buf[512];
     cpaScheduleDescribe(&s, buf, sizeof buf);
     FUZZ_CHECK(memchr(buf, '\0', sizeof buf) != NULL);
