@@ -117,9 +117,15 @@ for line in open(sys.argv[1]):
 PY
     ;;
   long)
-    step "longest sequence: causal, 8 KV heads, ${LONG_SEQ:-1048576} tokens over $NGPU GPU(s), one timed fwd+bwd"
-    timeout 240 $MPIRUN -np "$NGPU" "$BUILD/launch/cpattn-bench" --seq ${LONG_SEQ:-1048576} --kv-heads 8 --iters 1 --warmup 0 \
-      --no-profile --json >"$OUT/bench_long.json" 2>"$OUT/bench_long.err"; echo "exit $?"; cat "$OUT/bench_long.json"; tail -3 "$OUT/bench_long.err"
+    # The longest causal sequence (Hkv = 8) whose forward+backward completes: the first
+    # of LONG_SEQS (longest first) that runs; allocation failures end a try at once.
+    for seq in ${LONG_SEQS:-${LONG_SEQ:-1048576}}; do
+      step "long sequence: causal, 8 KV heads, $seq tokens over $NGPU GPU(s), one timed fwd+bwd"
+      timeout 280 $MPIRUN -np "$NGPU" "$BUILD/launch/cpattn-bench" --seq "$seq" --kv-heads 8 --iters 1 --warmup 0 \
+        --no-profile --json </dev/null >"$OUT/bench_long_$seq.json" 2>"$OUT/bench_long_$seq.err"
+      rc=$?; echo "exit $rc"; cat "$OUT/bench_long_$seq.json"; grep -v "^\[" "$OUT/bench_long_$seq.err" | tail -4
+      [ "$rc" -ne 0 ] || break
+    done
     ;;
   torch)
     step "PyTorch baselines (context parallel + single-GPU cuDNN), same session"
