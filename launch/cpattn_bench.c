@@ -28,12 +28,32 @@ typedef struct {
   cpattnConfig_t cfg;
   int32_t *cu;
   int64_t doc_min, doc_max;
-  int iters, warmup, check, json, profile, explicit_exec;
+  int iters, warmup, check, json, profile, explicit_exec, progress;
   uint64_t seed;
   char fault[64];
 } Args;
 
 static int g_rank, g_world;
+static int g_progress;     /* --progress: each rank stamps its phases on stderr */
+static double g_start_s;   /* when main started (CLOCK_MONOTONIC)                */
+
+static double mono_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* A long run (a million tokens and more) is silent until its table: with --progress
+ * each rank says where it is, so a run that is slow or stuck shows where. */
+static void progress(const char *what, int it) {
+  if (!g_progress) return;
+  if (it >= -1000)
+    fprintf(stderr, "cpattn-bench: rank %d: %8.2f s: %s %d\n", g_rank, mono_s() - g_start_s, what, it);
+  else
+    fprintf(stderr, "cpattn-bench: rank %d: %8.2f s: %s\n", g_rank, mono_s() - g_start_s, what);
+  fflush(stderr);
+}
+#define NO_IT (-100000)
 
 #define ROOT_PRINTF(...)                  \
   do {                                    \
@@ -54,6 +74,7 @@ static void usage(void) {
       "  --check / --no-check   compare with single-rank attention (default: on for host)\n"
       "  --profile / --no-profile  time compute-only and comm-only runs too (default on)\n"
       "  --json                 one JSON object on stdout instead of the table\n"
+      "  --progress             each rank stamps its phases (setup, each run) on stderr\n"
       "  --fault stall:RANK:ITER | exit:RANK:ITER   fault injection (tests of timeouts)\n");
 }
 
@@ -139,6 +160,7 @@ static int parse_args(int argc, char **argv, Args *a) {
     } else if (!strcmp(k, "--profile")) { a->profile = 1;
     } else if (!strcmp(k, "--no-profile")) { a->profile = 0;
     } else if (!strcmp(k, "--json")) { a->json = 1;
+    } else if (!strcmp(k, "--progress")) { a->progress = 1;
     } else {
       ROOT_PRINTF("cpattn-bench: unknown option %s (see --help)\n", k);
       return -1;
@@ -304,6 +326,7 @@ static int time_runs(const Args *a, cpattnComm_t comm, cpattnPlan_t plan, Tensor
     }
     /* After the barrier: the healthy ranks meet the fault inside the cpattn call. */
     maybe_fault(a, it + a->warmup);
+    progress(which ? "backward run (negative: warm-up)" : "forward run (negative: warm-up)", it);
     bench_timer_start(d);
     cpattnResult_t res = which ? run_bwd(plan, t, d) : run_fwd(plan, t, d);
     bench_timer_stop(d);
@@ -406,6 +429,7 @@ static double hidden_share(double total, double comp, double comm) {
 }
 
 int main(int argc, char **argv) {
+  g_start_s = mono_s();
   MPI_Init(&argc, &argv);
   MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &g_world);
@@ -415,6 +439,8 @@ int main(int argc, char **argv) {
     MPI_Finalize();
     return rc > 0 ? 0 : 2;
   }
+  g_progress = a.progress;
+  progress("started", NO_IT);
   cpattnConfig_t *c = &a.cfg;
   int cuda = c->executor == cpattnExecutorCuda;
   int local_rank = 0, local_size = 1;
@@ -440,6 +466,7 @@ int main(int argc, char **argv) {
             cpattnGetLastError());
     MPI_Abort(MPI_COMM_WORLD, 2);
   }
+  progress("communicator ready", NO_IT);
   cpattnPlan_t plan;
   res = cpattnPlanCreate(&plan, comm, c);
   if (res != cpattnSuccess) {
@@ -451,19 +478,24 @@ int main(int argc, char **argv) {
     MPI_Finalize();
     return 2;
   }
+  progress("plan created", NO_IT);
   Tensors t;
   if (tensors_make(&dev, c, plan, g_rank, g_world, a.seed, &t) != 0) {
     fprintf(stderr, "cpattn-bench: rank %d: out of memory for the inputs and workspace\n", g_rank);
     MPI_Abort(MPI_COMM_WORLD, 2);
   }
 
+  progress("inputs and workspace ready", NO_IT);
   RankResult r;
   memset(&r, 0, sizeof r);
   int fail = time_runs(&a, comm, plan, &t, &dev, 0, &r.fwd) || time_runs(&a, comm, plan, &t, &dev, 1, &r.bwd);
   if (fail) give_up();
   double err[5] = {0, 0, 0, 0, 0};
   int check_failed = 0;
-  if (a.check) check_failed = check(&a, &dev, &t, self, err) != 0;
+  if (a.check) {
+    progress("checking against single-rank attention", NO_IT);
+    check_failed = check(&a, &dev, &t, self, err) != 0;
+  }
   /* Compute-only and comm-only runs last: they leave the outputs meaningless. */
   if (a.profile && g_world > 1) {
     Args b = a;

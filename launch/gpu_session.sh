@@ -122,7 +122,7 @@ PY
     for seq in ${LONG_SEQS:-${LONG_SEQ:-1048576}}; do
       step "long sequence: causal, 8 KV heads, $seq tokens over $NGPU GPU(s), one timed fwd+bwd"
       timeout 280 $MPIRUN -np "$NGPU" "$BUILD/launch/cpattn-bench" --seq "$seq" --kv-heads 8 --iters 1 --warmup 0 \
-        --no-profile --json </dev/null >"$OUT/bench_long_$seq.json" 2>"$OUT/bench_long_$seq.err"
+        --no-profile --json --progress </dev/null >"$OUT/bench_long_$seq.json" 2>"$OUT/bench_long_$seq.err"
       rc=$?; echo "exit $rc"; cat "$OUT/bench_long_$seq.json"; grep -v "^\[" "$OUT/bench_long_$seq.err" | tail -4
       [ "$rc" -ne 0 ] || break
     done
