@@ -128,13 +128,13 @@ __global__ void merge_kernel(cpaCuView acc_o, cpaCuView acc_lse, cpaCuView part,
         w2 = e2 / s;
       }
     }
-    const float *o = static_cast<const float *>(acc_o.data) + row_off(acc_o, t) + h * acc_o.hs; /* read if w1 > 0 */
+    int64_t oa = row_off(acc_o, t) + h * acc_o.hs; /* read if w1 > 0 */
     int64_t po = row_off(part, t) + h * part.hs;
     /* Last touch: the merged row goes to the final output (e.g. the user's bf16 O through
      * its strides), never back to the accumulator. */
     void *dst = acc_o.data;
     int dt = acc_o.dtype;
-    int64_t od = row_off(acc_o, t) + h * acc_o.hs;
+    int64_t od = oa;
     if (mode & CPA_CU_LAST) {
       dst = rt.out.data;
       dt = rt.out.dtype;
@@ -142,7 +142,7 @@ __global__ void merge_kernel(cpaCuView acc_o, cpaCuView acc_lse, cpaCuView part,
     }
     for (int d = lane; d < acc_o.dim; d += 32) {
       float x = w2 > 0.f ? load(part.data, part.dtype, po + d) : 0.f; /* 0 * NaN must not leak */
-      store(dst, dt, od + d, (w1 > 0.f ? w1 * o[d] : 0.f) + w2 * x);
+      store(dst, dt, od + d, (w1 > 0.f ? w1 * load(acc_o.data, acc_o.dtype, oa + d) : 0.f) + w2 * x);
     }
     __syncwarp(); /* every lane has read *lse_p before lane 0 overwrites it */
     if (lane == 0) {
@@ -159,18 +159,20 @@ __global__ void accumulate_kernel(cpaCuView acc, cpaCuView part, const cpaCuRang
     int ri = find_range(prefix, nranges, g);
     int64_t t = ranges[ri].row0 + (g - prefix[ri]);
     int mode = route_mode(rt, t, acc.rpb);
-    float *p = static_cast<float *>(acc.data) + row_off(acc, t) + h * acc.hs;
+    /* The accumulator is fp32, or (light accumulation, engine.c) the output itself. */
+    int64_t oa = row_off(acc, t) + h * acc.hs;
     int64_t op = row_off(part, t) + h * part.hs;
     if (mode & CPA_CU_LAST) {
       int64_t od = row_off(rt.out, t) + h * rt.out.hs;
       for (int d = lane; d < acc.dim; d += 32) {
         float x = load(part.data, part.dtype, op + d);
-        store(rt.out.data, rt.out.dtype, od + d, mode & CPA_CU_FIRST ? x : p[d] + x);
+        store(rt.out.data, rt.out.dtype, od + d, mode & CPA_CU_FIRST ? x : load(acc.data, acc.dtype, oa + d) + x);
       }
     } else if (mode & CPA_CU_FIRST) {
-      for (int d = lane; d < acc.dim; d += 32) p[d] = load(part.data, part.dtype, op + d);
+      for (int d = lane; d < acc.dim; d += 32) store(acc.data, acc.dtype, oa + d, load(part.data, part.dtype, op + d));
     } else {
-      for (int d = lane; d < acc.dim; d += 32) p[d] += load(part.data, part.dtype, op + d);
+      for (int d = lane; d < acc.dim; d += 32)
+        store(acc.data, acc.dtype, oa + d, load(acc.data, acc.dtype, oa + d) + load(part.data, part.dtype, op + d));
     }
   }
 }

@@ -66,7 +66,9 @@ typedef struct {
  *     route.out / route.out_lse (any dtype, strided) instead of the accumulator
  *   accumulate: acc += part; a first row stores acc = part, a last row writes
  *     route.out = acc + part (= part if also first) and leaves acc alone
- * acc_o and acc are fp32 views; acc_lse is an fp32 view with dim 1. */
+ * acc_o and acc are fp32 views, or views of the output dtype when they are the output
+ * itself (the engine's light accumulation: at most a first and a last touch per row);
+ * acc_lse is an fp32 view with dim 1. */
 int cpaCuMerge(const cpaCuView *acc_o, const cpaCuView *acc_lse, const cpaCuView *part, const float *stats,
                const cpaCuRange *ranges, const int64_t *prefix, int nranges, int64_t total, const cpaCuRoute *route,
                struct CUstream_st *stream);

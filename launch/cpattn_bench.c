@@ -485,7 +485,11 @@ int main(int argc, char **argv) {
     MPI_Abort(MPI_COMM_WORLD, 2);
   }
 
-  progress("inputs and workspace ready", NO_IT);
+  if (g_progress) {
+    char what[96];
+    snprintf(what, sizeof what, "inputs and workspace ready (%.1f GiB in use on this device)", bench_mem_gib(&dev));
+    progress(what, NO_IT);
+  }
   RankResult r;
   memset(&r, 0, sizeof r);
   int fail = time_runs(&a, comm, plan, &t, &dev, 0, &r.fwd) || time_runs(&a, comm, plan, &t, &dev, 1, &r.bwd);

@@ -121,9 +121,12 @@ PY
     # of LONG_SEQS (longest first) that runs; allocation failures end a try at once.
     for seq in ${LONG_SEQS:-${LONG_SEQ:-1048576}}; do
       step "long sequence: causal, 8 KV heads, $seq tokens over $NGPU GPU(s), one timed fwd+bwd"
-      timeout 280 $MPIRUN -np "$NGPU" "$BUILD/launch/cpattn-bench" --seq "$seq" --kv-heads 8 --iters 1 --warmup 0 \
-        --no-profile --json --progress </dev/null >"$OUT/bench_long_$seq.json" 2>"$OUT/bench_long_$seq.err"
-      rc=$?; echo "exit $rc"; cat "$OUT/bench_long_$seq.json"; grep -v "^\[" "$OUT/bench_long_$seq.err" | tail -4
+      CPATTN_DEBUG=INFO timeout ${LONG_TIMEOUT:-280} $MPIRUN -np "$NGPU" "$BUILD/launch/cpattn-bench" --seq "$seq" \
+        --kv-heads 8 --iters 1 --warmup 0 --no-profile --json --progress </dev/null >"$OUT/bench_long_$seq.json" \
+        2>"$OUT/bench_long_$seq.err"
+      rc=$?; echo "exit $rc"; cat "$OUT/bench_long_$seq.json"
+      grep -E "workspace:|CUDA executor:|rror|emory" "$OUT/bench_long_$seq.err" | cut -c1-300 | sort -u | head -8
+      grep "^cpattn-bench:" "$OUT/bench_long_$seq.err" | tail -8
       [ "$rc" -ne 0 ] || break
     done
     ;;

@@ -84,6 +84,7 @@ typedef enum {
   CPA_PARAM_DEBUG_FILE,     /* CPATTN_DEBUG_FILE                                     */
   CPA_PARAM_TIMEOUT_MS,     /* CPATTN_TIMEOUT                                        */
   CPA_PARAM_NVTX,           /* CPATTN_NVTX                                           */
+  CPA_PARAM_LIGHT_ACC,      /* CPATTN_LIGHT_ACC                                      */
   CPA_PARAM_COUNT
 } cpaParamId;
 

@@ -541,7 +541,8 @@ cpattnResult_t cpaEngineForward(cpaEngine *e, const cpattnTensor_t *q, const cpa
     CPA_CHECK(allgather_kv(r, &uk, &uv, &K0, &V0));
   }
 
-  cpaView acc_o = packed(region(r, CPA_WS_ACC_O), cpattnFloat32, B, Rq, hq, pb->dv);
+  /* Light accumulation: the user's O holds the first partial (see light_acc()). */
+  cpaView acc_o = e->light_acc ? uo : packed(region(r, CPA_WS_ACC_O), cpattnFloat32, B, Rq, hq, pb->dv);
   cpaView acc_lse = packed(region(r, CPA_WS_ACC_LSE), cpattnFloat32, B, Rq, hq, 1);
   cpaView opart = packed(region(r, CPA_WS_OPART), part_dtype(e), B, Rq, hq, pb->dv);
   float *stats = region(r, CPA_WS_STATS);
@@ -583,7 +584,7 @@ cpattnResult_t cpaEngineForward(cpaEngine *e, const cpattnTensor_t *q, const cpa
     cpaA2aTensor t[2] = {{uo, acc_o, CPA_HEADS_Q, io, 0, {0}}, {ulse, acc_lse, CPA_HEADS_Q, cpattnFloat32, 0, {0}}};
     CPA_CHECK(a2a_out(r, t, 2));
   } else if (!(allow & CPA_TOUCH_LAST)) {
-    CPA_CHECK(X->copy(st, &uo, &acc_o, B * R, NULL, 0));
+    if (!e->light_acc) CPA_CHECK(X->copy(st, &uo, &acc_o, B * R, NULL, 0));
     CPA_CHECK(X->copy(st, &ulse, &acc_lse, B * R, NULL, 0));
   }
   return X->end(st);
@@ -668,7 +669,7 @@ cpattnResult_t cpaEngineBackward(cpaEngine *e, const cpattnTensor_t *q, const cp
     CPA_CHECK(allgather_kv(r, &uk, &uv, &K0, &V0));
   }
 
-  cpaView dq_acc = packed(region(r, CPA_WS_DQ_ACC), cpattnFloat32, B, Rq, hq, pb->dqk);
+  cpaView dq_acc = e->light_acc ? udq : packed(region(r, CPA_WS_DQ_ACC), cpattnFloat32, B, Rq, hq, pb->dqk);
   cpaView dq_part = packed(region(r, CPA_WS_DQ_PART), pt, B, Rq, hq, pb->dqk);
   int allow_q = touch_allow(e, R);
   if (!allow_q) CPA_CHECK(X->fill(st, &dq_acc, B * Rq, 0.0f));
@@ -758,10 +759,10 @@ cpattnResult_t cpaEngineBackward(cpaEngine *e, const cpattnTensor_t *q, const cp
                          {udv, D[d][1], CPA_HEADS_KV, cpattnFloat32, sum, sv}};
     CPA_CHECK(a2a_out(r, t, 3));
   } else if (s->pre == CPA_PRE_ALLGATHER) {
-    if (!(allow_q & CPA_TOUCH_LAST)) CPA_CHECK(X->copy(st, &udq, &dq_acc, B * R, NULL, 0));
+    if (!(allow_q & CPA_TOUCH_LAST) && !e->light_acc) CPA_CHECK(X->copy(st, &udq, &dq_acc, B * R, NULL, 0));
     CPA_CHECK(reduce_scatter_dkv(r, &D[d][0], &D[d][1], &udk, &udv));
   } else {
-    if (!(allow_q & CPA_TOUCH_LAST)) CPA_CHECK(X->copy(st, &udq, &dq_acc, B * R, NULL, 0));
+    if (!(allow_q & CPA_TOUCH_LAST) && !e->light_acc) CPA_CHECK(X->copy(st, &udq, &dq_acc, B * R, NULL, 0));
     CPA_CHECK(X->copy(st, &udk, &D[d][0], B * R, NULL, 0));
     CPA_CHECK(X->copy(st, &udv, &D[d][1], B * R, NULL, 0));
   }
@@ -830,7 +831,7 @@ static void layout_workspace(cpaEngine *e, size_t *fwd_end, size_t *bwd_end) {
   take(&f, CPA_WS_KV_SEND, mine_kv);
   take(&f, CPA_WS_OPART, (size_t)(B * Rq) * (size_t)hq * dv * pe);
   take(&f, CPA_WS_STATS, (size_t)(B * Rq) * (size_t)hq * 4);
-  take(&f, CPA_WS_ACC_O, (size_t)(B * Rq) * (size_t)hq * dv * 4);
+  take(&f, CPA_WS_ACC_O, e->light_acc ? 0 : (size_t)(B * Rq) * (size_t)hq * dv * 4);
   take(&f, CPA_WS_ACC_LSE, (size_t)(B * Rq) * (size_t)hq * 4);
   take(&f, CPA_WS_A2A_SEND, in_send_f > out_send_f ? in_send_f : out_send_f);
   take(&f, CPA_WS_A2A_RECV, in_recv_f > out_recv_f ? in_recv_f : out_recv_f);
@@ -854,11 +855,15 @@ static void layout_workspace(cpaEngine *e, size_t *fwd_end, size_t *bwd_end) {
   take(&b, CPA_WS_LSEM, a2a ? rows_bytes(B * Rq, hq, 1, 4) : 0);
   take(&b, CPA_WS_DKV0, kv_f32);
   take(&b, CPA_WS_DKV1, pb->pr > 1 ? kv_f32 : 0);
-  take(&b, CPA_WS_DQ_ACC, (size_t)(B * Rq) * (size_t)hq * dqk * 4);
+  take(&b, CPA_WS_DQ_ACC, e->light_acc ? 0 : (size_t)(B * Rq) * (size_t)hq * dqk * 4);
   take(&b, CPA_WS_DQ_PART, (size_t)(B * Rq) * (size_t)hq * dqk * pe);
   take(&b, CPA_WS_DK_PART, (size_t)(B * Rk) * (size_t)hkv * dqk * pe);
   take(&b, CPA_WS_DV_PART, (size_t)(B * Rk) * (size_t)hkv * dv * pe);
-  take(&b, CPA_WS_DKV_WIRE, s->pre == CPA_PRE_NONE && pb->pr > 1 ? 2 * kv_io : 0);
+  /* The wire is filled after the last step's accumulations, when the partials are dead
+   * (the exchange's stream waits for that point): it reuses their space where it fits. */
+  size_t wire = s->pre == CPA_PRE_NONE && pb->pr > 1 ? 2 * kv_io : 0;
+  if (wire > 0 && wire <= b.at - b.off[CPA_WS_DQ_PART]) b.off[CPA_WS_DKV_WIRE] = b.off[CPA_WS_DQ_PART];
+  else take(&b, CPA_WS_DKV_WIRE, wire);
   take(&b, CPA_WS_DKV_STAGE,
        (a2a && pb->hkv < pa) || ag ? rows_bytes(B * R, pb->hkv, pb->dqk, 4) + rows_bytes(B * R, pb->hkv, pb->dv, 4)
                                    : 0);
@@ -902,6 +907,21 @@ static void log_touch(const cpaEngine *e) {
            e->touch.k_clean ? "all covered" : "not all covered (fill)", k_first, s->nsteps ? s->steps[0].ncalls : 0);
 }
 
+/* Light accumulation (plan time). The fp32 accumulators of O and dQ exist to sum many
+ * partial results with one rounding at the end. Where no query row gets more than two
+ * (two ranks: zigzag causal, or any mask), and the partials come in the output dtype
+ * (the CUDA executor's; the host's at fp32), the first partial can wait in the output
+ * itself: it is exactly what the accumulator would hold, and the last touch rounds the
+ * sum once, as before. The same result without the c*H*D*4 bytes of each accumulator
+ * (16 GiB per GPU at 2M tokens, 32 heads). Needs the first/last-touch routing with the
+ * direct last write (no all-to-all, query set = this rank's rows). */
+static int light_acc(const cpaEngine *e) {
+  const cpaProblem *pb = &e->pb;
+  return cpaParamInt(CPA_PARAM_LIGHT_ACC) != 0 && e->touch.q_clean && e->touch.q_max_touch <= 2 &&
+         e->sched.pre != CPA_PRE_ALLTOALL && e->sched.q_set.rows == cpaRankRows(pb, pb->rank) &&
+         e->part_bytes == cpaDtypeSize(pb->cfg.dtype);
+}
+
 cpattnResult_t cpaEngineInit(cpaEngine *e, cpattnComm_t comm, cpattnTransport_t *tr, const cpattnConfig_t *config) {
   cpattnResult_t res;
   memset(e, 0, sizeof *e);
@@ -921,15 +941,18 @@ cpattnResult_t cpaEngineInit(cpaEngine *e, cpattnComm_t comm, cpattnTransport_t 
   e->gather.n = e->sched.gather_n;
 
   size_t fwd_end, bwd_end, extra = 0;
-  layout_workspace(e, &fwd_end, &bwd_end);
   CPA_CHECK_GOTO(cpaScheduleTouch(&e->sched, &e->touch), res, fail);
   log_touch(e);
+  e->light_acc = light_acc(e);
+  layout_workspace(e, &fwd_end, &bwd_end);
   CPA_CHECK_GOTO(e->ex.ops->dry_begin(e->ex.st, e), res, fail);
   res = dry_run(e);
   cpattnResult_t end = e->ex.ops->dry_end(e->ex.st, &extra);
   if (res == cpattnSuccess) res = end;
   if (res != cpattnSuccess) goto fail;
   size_t base = fwd_end > bwd_end ? fwd_end : bwd_end;
+  CPA_INFO("workspace: forward %zu, backward %zu, executor %zu bytes; O and dQ accumulate in %s", fwd_end, bwd_end,
+           extra, e->light_acc ? "themselves (light: at most two partials per row)" : "fp32");
   e->ws_off_fwd[CPA_WS_EXEC] = e->ws_off_bwd[CPA_WS_EXEC] = base;
   e->ws_bytes = base + cpaAlignUp(extra, 256);
   return cpattnSuccess;

@@ -49,6 +49,7 @@ typedef struct cpaEngine {
   int tag;           /* next exchange tag                               */
   cpaRowMap perm, gather;
   cpaTouch touch;    /* first/last call over each row (schedule.h)      */
+  int light_acc;     /* O and dQ are their own accumulators (engine.c)  */
 } cpaEngine;
 
 cpattnResult_t cpaEngineInit(cpaEngine *e, cpattnComm_t comm, cpattnTransport_t *tr, const cpattnConfig_t *config);

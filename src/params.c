@@ -24,6 +24,10 @@ static const cpaParamDecl kParams[CPA_PARAM_COUNT] = {
                               "milliseconds a communication may wait before the call fails with "
                               "cpattnTimeout (used when cpattnConfig_t.timeoutMs is 0)"},
     [CPA_PARAM_NVTX] = {"CPATTN_NVTX", "1", "1: NVTX ranges on public calls and schedule steps; 0: none"},
+    [CPA_PARAM_LIGHT_ACC] = {"CPATTN_LIGHT_ACC", "1",
+                             "1: where no query row gets more than two partial results in the output "
+                             "dtype (two ranks), O and dQ hold the first one themselves, with no fp32 "
+                             "accumulator (the same result in less memory); 0: always the accumulator"},
 };
 
 static pthread_once_t params_once = PTHREAD_ONCE_INIT;

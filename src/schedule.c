@@ -298,6 +298,11 @@ cpattnResult_t cpaScheduleTouch(const cpaSchedule *s, cpaTouch *t) {
     return cpaError(cpattnOutOfMemory, "no host memory for the first/last touch of %lld rows",
                     (long long)(t->nq + t->nk));
   }
+  int32_t *count = calloc((size_t)(t->nq + 1), sizeof(int32_t));
+  if (!count) {
+    cpaTouchFree(t);
+    return cpaError(cpattnOutOfMemory, "no host memory for the touch counts of %lld rows", (long long)t->nq);
+  }
   for (int64_t r = 0; r < t->nq; ++r) t->q_first[r] = t->q_last[r] = -1;
   for (int64_t r = 0; r < t->nk; ++r) t->k_first[r] = -1;
   for (int st = 0; st < s->nsteps; ++st)
@@ -308,12 +313,14 @@ cpattnResult_t cpaScheduleTouch(const cpaSchedule *s, cpaTouch *t) {
         for (int64_t r = en->q_row; r < en->q_row + en->q_len; ++r) {
           if (t->q_first[r] < 0) t->q_first[r] = call->id;
           t->q_last[r] = call->id;
+          if (++count[r] > t->q_max_touch) t->q_max_touch = count[r];
         }
         if (st == 0)
           for (int64_t r = en->k_row; r < en->k_row + en->k_len; ++r)
             if (t->k_first[r] < 0) t->k_first[r] = call->id;
       }
     }
+  free(count);
   t->q_clean = all_covered(t->q_first, t->nq);
   t->k_clean = all_covered(t->k_first, t->nk);
   return cpattnSuccess;

@@ -95,11 +95,14 @@ void cpaCallsFree(cpaCall *calls, int ncalls);
  * apply to every batch element alike). q_clean: every query row is covered; k_clean:
  * every key row of step 0's block is covered by a call of step 0. The engine uses them
  * so that the first call over a row stores instead of adding to a filled accumulator and
- * the last one writes the final output (engine.c, executor.h). */
+ * the last one writes the final output (engine.c, executor.h). q_max_touch: the most
+ * calls over one query row (with two or fewer, the output itself can hold the first
+ * partial result: engine.c, light accumulation). */
 typedef struct {
   int32_t *q_first, *q_last;
   int64_t nq;
   int q_clean;
+  int q_max_touch;
   int32_t *k_first;
   int64_t nk;
   int k_clean;
