@@ -18,6 +18,7 @@
 #include "../src/executor.h"
 #include "cuda_ops.h"
 #include "cudnn_sdpa.h"
+#include "exec_cuda_profile.h"
 
 #define CUDA_CHECK(call)                                                                                  \
   do {                                                                                                    \
@@ -76,6 +77,7 @@ typedef struct {
   int b_max;
   cudaStream_t stream;
   char *ws;
+  cpaProfiler *prof;     /* CPATTN_PROFILE_CALLS=1, else NULL (exec_cuda_profile.h)      */
 } cpaCudaExec;
 
 static size_t cu_part_bytes(void *st) { return cpaDtypeSize(((cpaCudaExec *)st)->pb->cfg.dtype); }
@@ -87,6 +89,14 @@ static cpaCuView cu_view(const cpaView *v) {
 }
 
 static int ragged(const cpaCudaExec *x) { return x->pb->cfg.layout == cpattnLayoutTHD; }
+
+/* Events around each op of the per-call profile; with the profile off, a test of NULL. */
+static cpattnResult_t prof_open(cpaCudaExec *x, cpaProfOp op, const cpaCall *call) {
+  return x->prof ? cpaProfilerOpen(x->prof, op, call, x->stream) : cpattnSuccess;
+}
+static cpattnResult_t prof_close(cpaCudaExec *x) {
+  return x->prof ? cpaProfilerClose(x->prof, x->stream) : cpattnSuccess;
+}
 
 static int64_t bucket_pow2(int64_t n) {
   int64_t b = 1;
@@ -224,6 +234,7 @@ static cpattnResult_t cu_dry_end(void *st, size_t *extra) {
     at += cpaAlignUp(sizeof(int32_t) * (size_t)(touch_n[i] + 1), 16);
   }
   x->meta_bytes = at;
+  if (x->prof) CPA_CHECK(cpaProfilerSchedule(x->prof, &e->sched));
   char *host = calloc(1, at ? at : 1);
   if (!host) return cpaError(cpattnOutOfMemory, "no host memory for %zu bytes of metadata", at);
   const cpaSchedule *s = &e->sched;
@@ -295,6 +306,7 @@ static cpattnResult_t cu_begin(void *st, struct CUstream_st *stream, void *ws) {
   if (dev != x->device)
     return cpaError(cpattnInvalidUsage, "the current CUDA device is %d but the plan was made for device %d "
                     "(cudaSetDevice(%d) before calling)", dev, x->device, x->device);
+  if (x->prof) CPA_CHECK(cpaProfilerBegin(x->prof, stream));
   return cpattnSuccess;
 }
 
@@ -302,6 +314,7 @@ static cpattnResult_t cu_end(void *st) {
   cpaCudaExec *x = st;
   if (x->dry) return cpattnSuccess;
   CUDA_CHECK(cudaGetLastError());
+  if (x->prof) CPA_CHECK(cpaProfilerEnd(x->prof, x->stream)); /* waits for the stream */
   return cpattnSuccess;
 }
 
@@ -313,8 +326,9 @@ static cpattnResult_t cu_fill(void *st, const cpaView *dst, int64_t nrows, float
   cpaCudaExec *x = st;
   if (x->dry) return cpattnSuccess;
   cpaCuView d = cu_view(dst);
+  CPA_CHECK(prof_open(x, CPA_PROF_FILL, NULL));
   KERNEL_CHECK(cpaCuFill(&d, nrows, value, x->stream));
-  return cpattnSuccess;
+  return prof_close(x);
 }
 
 static cpattnResult_t cu_copy(void *st, const cpaView *dst, const cpaView *src, int64_t nrows, const cpaRowMap *map,
@@ -322,16 +336,18 @@ static cpattnResult_t cu_copy(void *st, const cpaView *dst, const cpaView *src, 
   cpaCudaExec *x = st;
   if (x->dry) return cpattnSuccess;
   cpaCuView d = cu_view(dst), s = cu_view(src);
+  CPA_CHECK(prof_open(x, CPA_PROF_COPY, NULL));
   KERNEL_CHECK(cpaCuCopy(&d, &s, nrows, map_ptr(x, map), inverse, x->stream));
-  return cpattnSuccess;
+  return prof_close(x);
 }
 
 static cpattnResult_t cu_add(void *st, const cpaView *dst, const cpaView *src, int64_t nrows) {
   cpaCudaExec *x = st;
   if (x->dry) return cpattnSuccess;
   cpaCuView d = cu_view(dst), s = cu_view(src);
+  CPA_CHECK(prof_open(x, CPA_PROF_ADD, NULL));
   KERNEL_CHECK(cpaCuAdd(&d, &s, nrows, x->stream));
-  return cpattnSuccess;
+  return prof_close(x);
 }
 
 /* Ragged metadata of one call into the executor workspace (one call at a time: the
@@ -362,9 +378,10 @@ static cpattnResult_t ragged_meta(cpaCudaExec *x, const cpaCall *call, const cpa
   }
   const int64_t *ent = (const int64_t *)(x->meta + m->off_ent);
   int b1 = m->b_plan + 1;
+  CPA_CHECK(prof_open(x, CPA_PROF_META, NULL));
   KERNEL_CHECK(cpaCuRagged(ent, ent + b1, ent + 2 * b1, ent + 3 * b1, ent + 4 * b1, call->nentries, m->b_plan,
                            rm->seq_q, rm->seq_kv, rm->delta, &out, x->stream));
-  return cpattnSuccess;
+  return prof_close(x);
 }
 
 static char *row_ptr(const cpaView *v, int64_t row) {
@@ -432,11 +449,15 @@ static cpattnResult_t cu_attn_fwd(void *st, const cpaCall *call, const cpaView *
     a.stats = stats;
     if (call->kind == CPA_KIND_BAND) {
       int32_t *delta = (int32_t *)(x->ws + x->ws_meta_off);
+      CPA_CHECK(prof_open(x, CPA_PROF_META, NULL));
       KERNEL_CHECK(cpaCuFillInt32(delta, (int)x->pb->batch_mult, (int32_t)en->delta, x->stream));
+      CPA_CHECK(prof_close(x));
       a.delta = delta;
     }
   }
-  return cpaSdpaRun(x->sh->cache, plan, &a, x->stream);
+  CPA_CHECK(prof_open(x, CPA_PROF_ATTN_FWD, call));
+  CPA_CHECK(cpaSdpaRun(x->sh->cache, plan, &a, x->stream));
+  return prof_close(x);
 }
 
 /* The first/last-touch routing of a call (executor.h): the tables uploaded at dry_end,
@@ -464,9 +485,10 @@ static cpattnResult_t cu_merge(void *st, const cpaCall *call, int allow, const c
     return cpaError(cpattnInternalError, "merge: last-touch routing without an output");
   cpaCuView ao = cu_view(acc_o), al = cu_view(acc_lse), op = cu_view(o_part);
   cpaCuRoute rt = make_route(x, call, 0, allow, out_o, out_lse);
+  CPA_CHECK(prof_open(x, CPA_PROF_MERGE, NULL));
   KERNEL_CHECK(cpaCuMerge(&ao, &al, &op, stats, (const cpaCuRange *)(x->meta + m->off_qr),
                           (const int64_t *)(x->meta + m->off_qp), m->nq, m->q_total, &rt, x->stream));
-  return cpattnSuccess;
+  return prof_close(x);
 }
 
 static cpattnResult_t cu_attn_bwd(void *st, const cpaCall *call, const cpaView *q, const cpaView *k, const cpaView *v,
@@ -538,7 +560,9 @@ static cpattnResult_t cu_attn_bwd(void *st, const cpaCall *call, const cpaView *
     src.data = row_ptr(lse, en->q_row);
     src.rows_per_batch = en->q_len; /* row t = (b, i) -> b * batch_stride + i * row_stride */
     cpaCuView d = cu_view(&dst), s = cu_view(&src);
+    CPA_CHECK(prof_open(x, CPA_PROF_LSE_GATHER, NULL));
     KERNEL_CHECK(cpaCuCopy(&d, &s, x->pb->batch_mult * en->q_len, NULL, 0, x->stream));
+    CPA_CHECK(prof_close(x));
     a.q = row_ptr(q, en->q_row);
     a.k = row_ptr(k, en->k_row);
     a.v = row_ptr(v, en->k_row);
@@ -550,11 +574,15 @@ static cpattnResult_t cu_attn_bwd(void *st, const cpaCall *call, const cpaView *
     a.dv = row_ptr(dv_part, en->k_row);
     if (call->kind == CPA_KIND_BAND) {
       int32_t *delta = (int32_t *)(x->ws + x->ws_meta_off);
+      CPA_CHECK(prof_open(x, CPA_PROF_META, NULL));
       KERNEL_CHECK(cpaCuFillInt32(delta, (int)x->pb->batch_mult, (int32_t)en->delta, x->stream));
+      CPA_CHECK(prof_close(x));
       a.delta = delta;
     }
   }
-  return cpaSdpaRun(x->sh->cache, plan, &a, x->stream);
+  CPA_CHECK(prof_open(x, CPA_PROF_ATTN_BWD, call));
+  CPA_CHECK(cpaSdpaRun(x->sh->cache, plan, &a, x->stream));
+  return prof_close(x);
 }
 
 static cpattnResult_t cu_accumulate(void *st, const cpaCall *call, int side, int allow, const cpaView *acc,
@@ -567,15 +595,17 @@ static cpattnResult_t cu_accumulate(void *st, const cpaCall *call, int side, int
   cpaCuView a = cu_view(acc), p = cu_view(part);
   cpaCuRoute rt = make_route(x, call, side, allow, out, NULL);
   size_t r = side ? m->off_kr : m->off_qr, pfx = side ? m->off_kp : m->off_qp;
+  CPA_CHECK(prof_open(x, CPA_PROF_ACCUMULATE, NULL));
   KERNEL_CHECK(cpaCuAccumulate(&a, &p, (const cpaCuRange *)(x->meta + r), (const int64_t *)(x->meta + pfx),
                                side ? m->nk : m->nq, side ? m->k_total : m->q_total, &rt, x->stream));
-  return cpattnSuccess;
+  return prof_close(x);
 }
 
 static void cu_destroy(void *st) {
   cpaCudaExec *x = st;
   if (!x) return;
   if (x->meta) cudaFree(x->meta);
+  cpaProfilerDestroy(x->prof);
   for (int i = 0; x->calls && i < x->ncalls; ++i) {
     free(x->calls[i].hq);
     free(x->calls[i].hk);
@@ -622,6 +652,14 @@ cpattnResult_t cpaExecCudaCreate(cpaExecutor *ex, const cpaProblem *pb, cpattnCo
   x->comm = comm;
   x->sh = comm->cuda_shared;
   x->device = dev;
+  /* Read once, here: a plan's passes are profiled or not for its whole life. */
+  if (cpaParamInt(CPA_PARAM_PROFILE_CALLS) == 1) {
+    cpattnResult_t res = cpaProfilerCreate(&x->prof, pb);
+    if (res != cpattnSuccess) {
+      free(x);
+      return res;
+    }
+  }
   ex->ops = &kCudaOps;
   ex->st = x;
   return cpattnSuccess;

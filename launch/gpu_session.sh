@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gpu_session.sh -- build, test and benchmark cpattn on a GPU machine in one go.
 #
-#   bash launch/gpu_session.sh build test sanitize matrix faults examples binding bench torch long pack
+#   bash launch/gpu_session.sh build test sanitize matrix faults examples binding bench profile torch long pack
 #   (any subset; stages run in the order given)
 #
 # Used on the lent GPU machines (Ubuntu 24.04, CUDA 13, cuDNN 9.19 inside PyTorch's
@@ -115,6 +115,30 @@ for line in open(sys.argv[1]):
         r["schedule"], r["mask"], r["layout"], r["seq"], r["kv_heads"], r["fwd_ms"], r["fwd_tflops_per_rank"],
         r["bwd_ms"], r["bwd_tflops_per_rank"], 100 * r["fwd_hidden"], 100 * r["bwd_hidden"]))
 PY
+    ;;
+  profile)
+    # Where a pass's GPU time goes (CPATTN_PROFILE_CALLS=1, kernels/exec_cuda_profile.h): every
+    # cuDNN call's rate on its chunk shape, the element-wise kernels, and the rest (launch gaps,
+    # exchange waits). One warm-up and one timed pass each way; --no-profile leaves out the
+    # compute-only and comm-only passes, so the last forward and backward are the timed ones.
+    step "per-call profile on $NGPU GPU(s): timed forward and backward of ranks 0 and 1"
+    while read -r name args; do
+      CPATTN_PROFILE_CALLS=1 timeout 120 $MPIRUN -np "$NGPU" "$BUILD/launch/cpattn-bench" $args --iters 1 --warmup 1 \
+        --no-profile </dev/null >"$OUT/profile_$name.log" 2>&1
+      echo "[$name: $args] exit $?"; grep -E "^ +all " "$OUT/profile_$name.log"
+      # Two readings of the log: the last pass of each rank and direction, then its lines
+      # (at most 16 calls of a report; beyond that a count).
+      awk '!/^\[cpattn profile\] rank [01]\//{next} {k = $4 " " $7}
+           NR == FNR {if ($6 + 0 > last[k]) last[k] = $6 + 0; next}
+           $6 + 0 != last[k] {next}
+           $8 ~ /^-?[0-9]+$/ && ++calls[k] > 16 {more[k]++; next}
+           /element-wise ms/ && more[k] {print "[cpattn profile] rank " $4 " pass " $6 " " $7 " ... " more[k] " more call(s)"}
+           {print}' "$OUT/profile_$name.log" "$OUT/profile_$name.log"
+    done <<'EOF2'
+causal32k --seq 32768
+causal128k --seq 131072
+thd128k --seq 131072 --layout thd --doc-min 1024 --doc-max 65536
+EOF2
     ;;
   long)
     # The longest causal sequence (Hkv = 8) whose forward+backward completes: the first

@@ -85,6 +85,7 @@ typedef enum {
   CPA_PARAM_TIMEOUT_MS,     /* CPATTN_TIMEOUT                                        */
   CPA_PARAM_NVTX,           /* CPATTN_NVTX                                           */
   CPA_PARAM_LIGHT_ACC,      /* CPATTN_LIGHT_ACC                                      */
+  CPA_PARAM_PROFILE_CALLS,  /* CPATTN_PROFILE_CALLS                                  */
   CPA_PARAM_COUNT
 } cpaParamId;
 

@@ -28,6 +28,9 @@ static const cpaParamDecl kParams[CPA_PARAM_COUNT] = {
                              "1: where no query row gets more than two partial results in the output "
                              "dtype (two ranks), O and dQ hold the first one themselves, with no fp32 "
                              "accumulator (the same result in less memory); 0: always the accumulator"},
+    [CPA_PARAM_PROFILE_CALLS] = {"CPATTN_PROFILE_CALLS", "0",
+                                 "1: the CUDA executor times every op of each forward and backward with CUDA "
+                                 "events and prints a per-call report to stderr (synchronizes; diagnostic only)"},
 };
 
 static pthread_once_t params_once = PTHREAD_ONCE_INIT;
