@@ -18,6 +18,7 @@
 #include "pairs.h"
 #include "problem.h"
 #include "schedule.h"
+#include "test_configs.h"
 
 static uint64_t rng_state = 0x2545f4914f6cdd1dull;
 static uint32_t rnd(uint32_t n) {
@@ -124,28 +125,6 @@ static void test_large_entries_closed_forms(void **state) {
   assert_int_equal(cpaVisiblePairs(CPA_KIND_BAND, n, m, 12345, CPA_UNBOUNDED, CPA_UNBOUNDED), n * m);
 }
 
-/* A config of the kind cpattn-bench runs, on the host executor. */
-static cpattnConfig_t make_config(int thd, const int32_t *cu, int batch, int64_t seq, int mask, int wl, int wr,
-                                  int schedule) {
-  cpattnConfig_t c = CPATTN_CONFIG_INITIALIZER;
-  c.layout = thd ? cpattnLayoutTHD : cpattnLayoutBSHD;
-  c.dtype = cpattnFloat32;
-  c.executor = cpattnExecutorHost;
-  c.batch = batch;
-  c.numHeadsQ = 4;
-  c.numHeadsKV = 2;
-  c.headDimQK = 8;
-  c.seqLen = thd ? cu[batch] : seq;
-  c.cuSeqlens = thd ? cu : NULL;
-  c.mask = (cpattnMask_t)mask;
-  if (mask == cpattnMaskSlidingWindow) {
-    c.windowLeft = wl;
-    c.windowRight = wr;
-  }
-  c.schedule = (cpattnSchedule_t)schedule;
-  return c;
-}
-
 /* Visible pairs of one whole sequence of length L under the problem's band. */
 static int64_t sequence_pairs(const cpaProblem *pb, int64_t L) {
   int64_t n = 0;
@@ -173,8 +152,8 @@ static void test_schedules_add_up_to_the_sequence(void **state) {
           int batch = thd ? 4 : 1;
           for (int b = 0; thd && b < batch; ++b) cu[b + 1] = cu[b] + (int32_t)rnd(b == 1 ? 2 : 41);
           if (thd && cu[batch] == 0) continue;
-          cpattnConfig_t c = make_config(thd, cu, batch, 2 * P + rnd(60), masks[m][0], masks[m][1], masks[m][2],
-                                         scheds[sc]);
+          cpattnConfig_t c = test_config(thd, batch, cu, 2 * P + rnd(60), masks[m][0], masks[m][1], masks[m][2],
+                                         scheds[sc], 0, -1);
           int64_t got = 0, want = 0;
           for (int r = 0; r < P; ++r) {
             cpaProblem pb;

@@ -15,6 +15,7 @@
 #include "cpattn.h"
 #include "problem.h"
 #include "schedule.h"
+#include "test_configs.h"
 #include "tokens.h"
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
@@ -41,30 +42,6 @@ static void test_chunk_bounds_cover_sequence(void **state) {
       assert_int_equal(at, L);
       assert_true(mx - mn <= 1); /* balanced to one token, whatever L is */
     }
-}
-
-/* A config for tests: THD with given lengths or BSHD of one length. */
-static cpattnConfig_t make_config(int thd, int batch, const int32_t *cu, int64_t seq, int mask, int wl, int wr,
-                                  int schedule, int a2a, int balance) {
-  cpattnConfig_t c = CPATTN_CONFIG_INITIALIZER;
-  c.layout = thd ? cpattnLayoutTHD : cpattnLayoutBSHD;
-  c.dtype = cpattnFloat32;
-  c.executor = cpattnExecutorHost;
-  c.batch = batch;
-  c.numHeadsQ = 4;
-  c.numHeadsKV = 2;
-  c.headDimQK = 8;
-  c.seqLen = thd ? cu[batch] : seq;
-  c.cuSeqlens = thd ? cu : NULL;
-  c.mask = (cpattnMask_t)mask;
-  if (mask == cpattnMaskSlidingWindow) {
-    c.windowLeft = wl;
-    c.windowRight = wr;
-  }
-  c.schedule = (cpattnSchedule_t)schedule;
-  c.a2aGroupSize = a2a;
-  c.balance = (cpattnBalance_t)balance;
-  return c;
 }
 
 /* (sequence, position) of every row of a token set. */
@@ -208,7 +185,7 @@ static void test_every_visible_pair_covered_once(void **state) {
             int batch = 5;
             for (int b = 0; b < batch; ++b) cu[b + 1] = cu[b] + (int32_t)rnd(b == 2 ? 2 : 23); /* 0s and 1s too */
             int64_t seq = 2 * P + rnd(30);
-            cpattnConfig_t c = make_config(thd, thd ? batch : 2, cu, seq, masks[m][0], masks[m][1], masks[m][2],
+            cpattnConfig_t c = test_config(thd, thd ? batch : 2, cu, seq, masks[m][0], masks[m][1], masks[m][2],
                                            scheds[sc][0], a2a, bal);
             if (thd && cu[batch] == 0) continue;
             if (check_coverage(&c, P) >= 0) ++runs;
@@ -220,7 +197,7 @@ static void test_every_visible_pair_covered_once(void **state) {
 static void test_zigzag_causal_ring_is_one_call_per_step(void **state) {
   (void)state;
   for (int P = 1; P <= 8; ++P) {
-    cpattnConfig_t c = make_config(0, 1, NULL, 16 * P + 3, cpattnMaskCausal, -1, -1, cpattnScheduleRing, 0, 0);
+    cpattnConfig_t c = test_config(0, 1, NULL, 16 * P + 3, cpattnMaskCausal, -1, -1, cpattnScheduleRing, 0, 0);
     for (int r = 0; r < P; ++r) {
       cpaProblem pb;
       cpaSchedule s;
@@ -244,7 +221,7 @@ static void test_zigzag_causal_ring_is_one_call_per_step(void **state) {
 static void test_touch_zigzag_causal(void **state) {
   (void)state;
   for (int P = 2; P <= 4; P += 2) {
-    cpattnConfig_t c = make_config(0, 1, NULL, 32768, cpattnMaskCausal, -1, -1, cpattnScheduleRing, 0, 0);
+    cpattnConfig_t c = test_config(0, 1, NULL, 32768, cpattnMaskCausal, -1, -1, cpattnScheduleRing, 0, 0);
     for (int r = 0; r < P; ++r) {
       cpaProblem pb;
       cpaSchedule s;
@@ -287,7 +264,7 @@ static void test_touch_not_clean(void **state) {
   (void)state;
   /* All-gather, causal: rank 1 of 2 (zigzag chunks 1 and 2) sees no key of chunk 3, so
    * step 0's dK/dV accumulator keeps its fill. */
-  cpattnConfig_t c = make_config(0, 1, NULL, 64, cpattnMaskCausal, -1, -1, cpattnScheduleAllGather, 0, 0);
+  cpattnConfig_t c = test_config(0, 1, NULL, 64, cpattnMaskCausal, -1, -1, cpattnScheduleAllGather, 0, 0);
   cpaProblem pb;
   cpaSchedule s;
   cpaTouch t;
@@ -339,7 +316,7 @@ static void test_token_sets_partition_the_sequence(void **state) {
   int32_t cu[5] = {0, 7, 7, 8, 40};
   for (int P = 1; P <= 6; ++P)
     for (int bal = cpattnBalanceZigzag; bal <= cpattnBalanceContiguous; ++bal) {
-      cpattnConfig_t c = make_config(1, 4, cu, 0, cpattnMaskNone, -1, -1, cpattnScheduleRing, 0, bal);
+      cpattnConfig_t c = test_config(1, 4, cu, 0, cpattnMaskNone, -1, -1, cpattnScheduleRing, 0, bal);
       int *seen = calloc(40, sizeof(int));
       int64_t sum = 0;
       for (int r = 0; r < P; ++r) {
@@ -367,7 +344,7 @@ static void test_permute_map_is_a_permutation(void **state) {
   (void)state;
   int32_t cu[4] = {0, 11, 12, 50};
   for (int P = 2; P <= 4; ++P) {
-    cpattnConfig_t c = make_config(1, 3, cu, 0, cpattnMaskCausal, -1, -1, cpattnScheduleAllGather, 0, 0);
+    cpattnConfig_t c = test_config(1, 3, cu, 0, cpattnMaskCausal, -1, -1, cpattnScheduleAllGather, 0, 0);
     cpaProblem pb;
     cpaSchedule s;
     assert_int_equal(cpaProblemInit(&pb, &c, 0, P, cpattnExecutorHost), cpattnSuccess);
